@@ -1,0 +1,27 @@
+# Two entry points: `make test` (the test suite) and `make run` (the main job).
+# Both create .venv and install what they need; torch is pinned to the CPU wheel first
+# so that the package's bare `torch` requirement never pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,45 @@
+"""Argument checks shared by the package: each raises a ValueError that names the argument
+and says what was expected, so that bad input never surfaces as an error deep inside torch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def check_choice(name: str, value: str, choices: Mapping[str, Any] | tuple[str, ...]) -> None:
+    """Raise unless `value` is one of `choices` (a dict's keys or a tuple of names)."""
+    known = tuple(choices)
+    if value not in known:
+        raise ValueError(f"unknown {name} {value!r}; known: {', '.join(map(repr, known))}")
+
+
+def check_positive(name: str, value: float | torch.Tensor) -> None:
+    """Raise unless every entry of `value` is finite and strictly positive."""
+    t = torch.as_tensor(value)
+    if t.is_complex():
+        raise ValueError(f"{name} must be real, got a complex tensor")
+    bad = ~(torch.isfinite(t) & (t > 0))
+    if bad.any():
+        first = t.flatten()[bad.flatten()][0].item()
+        raise ValueError(f"{name} must be finite and > 0, got {first!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Raise unless `value` is a finite number in [0, 1]."""
+    if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def check_length(name: str, value: int) -> None:
+    """Raise unless `value` is a positive Python integer (a sequence length)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise if `t` holds NaN or Inf."""
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
