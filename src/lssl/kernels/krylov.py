@@ -1,0 +1,122 @@
+"""The LSSL kernel: a dense HiPPO state matrix, discretised per feature, and its Krylov kernel
+K_l = C A_bar^l B_bar computed by blocked repeated squaring.
+
+The official code builds the whole Krylov matrix [B_bar, A_bar B_bar, ..., A_bar^{L-1} B_bar]
+(H, N, L) and then contracts it with C, so memory grows as H N L (2.1 GB per layer at
+H = 256, N = 128, L = 16k, more with autograd). When only K is needed we split l = j T + i with
+T ~ sqrt(L) and contract from both sides:
+
+    K[j T + i] = (C A_bar^{j T}) (A_bar^i B_bar),
+
+so only the T right vectors A_bar^i B_bar and the J = L / T left vectors C A_bar^{jT} are kept,
+each built by doubling (spec A.5): O(H N^3 log L + H N^2 sqrt(L) + C H N L) time and
+O(H N (N log L + sqrt(L))) memory instead of O(H N L).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import discretize, hippo
+from .._checks import check_choice, check_length
+from .base import DiscreteSSM, SSMKernel
+
+Tensor = torch.Tensor
+
+
+def _doubling(M: Tensor, X: Tensor, count: int, right: bool) -> tuple[Tensor, Tensor]:
+    """Stack `count` vectors M^i x (right) or x M^i (left) by repeated squaring.
+
+    Args:
+        M: (H, N, N). X: (..., H, N, 1) column (right) or (..., H, 1, N) row (left).
+    Returns:
+        the stack, (..., H, N, count) or (..., H, count, N), and M^(2^k) for the first 2^k >= count
+        (the power that would extend the stack next).
+    """
+    dim = -1 if right else -2
+    while X.shape[dim] < count:
+        need = min(X.shape[dim], count - X.shape[dim])
+        grown = M @ X[..., :need] if right else X[..., :need, :] @ M
+        X = torch.cat([X, grown], dim=dim)
+        M = M @ M
+    return X, M
+
+
+def krylov_kernel(A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
+    """K_l = C A^l B for l < L by blocked doubling.
+
+    Args:
+        A: (H, N, N) discrete state matrix. B: (H, N). C: (C, H, N). L: kernel length.
+    Returns:
+        K (C, H, L).
+    """
+    T = 2 ** max(0, round(math.log2(math.sqrt(L))))
+    J = -(-L // T)
+    right, A_T = _doubling(A, B[..., None], T, right=True)  # (H, N, T), A^T
+    # The last squaring inside the left doubling is never used; it costs one N^3 product.
+    left, _ = _doubling(A_T, C[..., None, :], J, right=False)  # (C, H, J, N)
+    K = left @ right  # (C, H, J, T)
+    return K.flatten(-2)[..., :L]
+
+
+DISCRETIZATIONS = tuple(discretize.DENSE)
+
+
+class KrylovKernel(SSMKernel):
+    """LSSL kernel with a dense HiPPO transition (spec A.1–A.5).
+
+    Args:
+        d_model: H features. d_state: N. channels: C output channels per feature (LSSL's M).
+        measure: HiPPO measure of the initial A, one of `hippo.MEASURES`.
+        disc: one of 'bilinear' (LSSL's choice), 'zoh', 'forward_euler', 'backward_euler'.
+        learn_a: train A and B (dense). share_a: one A, B for all features (else one per feature).
+        lr: learning-rate hint for A and B (LSSL: 1e-4).
+        dt_min, dt_max, dt_init, learn_dt, lr_dt: see `SSMKernel`.
+    Shapes: A (N, N) shared or (H, N, N); B (N,) or (H, N); C (C, H, N); log_dt (H,).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        channels: int = 1,
+        measure: str = "legs",
+        disc: str = "bilinear",
+        learn_a: bool = False,
+        share_a: bool = True,
+        lr: float | None = 1e-4,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init: str = "random",
+        learn_dt: bool = True,
+        lr_dt: float | None = 1e-3,
+    ):
+        super().__init__(d_model, channels, dt_min, dt_max, dt_init, learn_dt, lr_dt)
+        check_length("d_state", d_state)
+        check_choice("disc", disc, DISCRETIZATIONS)
+        self.d_state, self.measure, self.disc = d_state, measure, disc
+        A, B = hippo.transition(measure, d_state)
+        dtype = torch.get_default_dtype()
+        A, B = A.to(dtype), B.to(dtype)
+        if not share_a:
+            A, B = A.expand(d_model, -1, -1), B.expand(d_model, -1)
+        self.register("A", A, learn=learn_a, lr=lr)
+        self.register("B", B, learn=learn_a, lr=lr)
+        self.C = torch.nn.Parameter(torch.randn(channels, d_model, d_state))
+
+    def _discretize(self, rate: float) -> tuple[Tensor, Tensor]:
+        return discretize.DENSE[self.disc](self.A, self.B, self.dt * rate)
+
+    def forward(self, L: int, rate: float = 1.0) -> Tensor:
+        """K (C, H, L) at step dt * rate."""
+        self._check_call(L, rate)
+        A_bar, B_bar = self._discretize(rate)
+        return krylov_kernel(A_bar, B_bar, self.C, L)
+
+    def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:
+        """Dense (A_bar (H, N, N), B_bar (H, N), C (C, H, N)) at step dt * rate."""
+        self._check_call(L, rate)
+        A_bar, B_bar = self._discretize(rate)
+        return DiscreteSSM(A_bar, B_bar, self.C)
