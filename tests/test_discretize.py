@@ -151,3 +151,21 @@ def test_batched_bilinear_solve_at_n256_matches_float64_single_solves():
         ref_B = torch.linalg.solve(lhs, dt[h] * B)
         assert_close(Ab[h], ref_A, torch.float32, factor=5)
         assert_close(Bb[h], ref_B, torch.float32, factor=5)
+
+
+@pytest.mark.parametrize("H, N", [(8, 129), (64, 200), (256, 256)])
+def test_safe_solve_large_batched(H, N):
+    from lssl.ops.linalg import solve
+
+    A = torch.randn(H, N, N) / N**0.5 + 3 * torch.eye(N)
+    B = torch.randn(H, N, N + 1)
+    out = solve(A, B)
+    ref = torch.stack([torch.linalg.solve(A[h].double(), B[h].double()) for h in range(H)])
+    assert_close(out, ref, torch.float32)
+    # Broadcasting one matrix over a batch of right-hand sides, and gradients.
+    A1 = A[0].double().requires_grad_()
+    B2 = B[:3].double()
+    out = solve(A1.expand(3, N, N), B2)
+    assert_close(out, torch.linalg.solve(A1.detach(), B2))
+    out.sum().backward()
+    assert torch.isfinite(A1.grad).all()

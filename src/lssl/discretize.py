@@ -22,6 +22,7 @@ from functools import partial
 import torch
 
 from ._checks import check_positive, check_unit_interval
+from .ops.linalg import solve
 
 Tensor = torch.Tensor
 
@@ -49,7 +50,7 @@ def gbt(A: Tensor, B: Tensor, dt: float | Tensor, alpha: float = 0.5) -> tuple[T
     dtB = dt[..., None] * B
     lhs = eye - alpha * dtA
     rhs = torch.cat(torch.broadcast_tensors(eye + (1 - alpha) * dtA, dtB[..., None]), dim=-1)
-    out = torch.linalg.solve(lhs, rhs)
+    out = solve(lhs, rhs)
     return out[..., :N], out[..., N]
 
 

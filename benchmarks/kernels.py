@@ -1,0 +1,156 @@
+"""Kernel benchmark: forward + backward time and peak memory of each SSM kernel.
+
+For every kernel and shape: check the kernel against the explicit-powers reference at a small
+size, then time `K = kernel(L); (K * G).sum().backward()` (median of --repeats after one
+warm-up) interleaved, round-robin, with the floor: the causal FFT convolution alone (forward and
+backward, precomputed kernel) at batch 4 and the same (H, L). The machine's speed drifts, so the
+ratios to the floor (taken in the same round) are the figures to compare. Peak memory is the
+growth of the peak resident set size over the process's size after building the module, measured
+in a fresh process per (kernel, shape).
+
+    python benchmarks/kernels.py [--repeats 5] [--quick] [--out benchmarks/kernels.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lssl.kernels import reference
+from lssl.kernels.diag import DiagKernel
+from lssl.kernels.dplr import DPLRKernel
+from lssl.kernels.krylov import KrylovKernel
+from lssl.ops.fftconv import fftconv
+
+BATCH = 4
+
+KERNELS: dict[str, Callable[[int, int], torch.nn.Module]] = {
+    "S4D (diag, zoh)": lambda H, N: DiagKernel(d_model=H, d_state=N),
+    "S4 (DPLR, legs)": lambda H, N: DPLRKernel(d_model=H, d_state=N),
+    "LSSL (legs, learned A, dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N, learn_a=True, share_a=False),
+    "LSSL (legs, fixed A, learned dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N),
+}
+TARGETS = {"S4D (diag, zoh)": 1.0, "S4 (DPLR, legs)": 2.0, "LSSL (legs, learned A, dt)": 2.0}
+SHAPES = [(128, 64, 1024), (128, 64, 4096), (128, 64, 16000), (256, 256, 1024)]
+QUICK_SHAPES = [(128, 64, 1024), (256, 256, 1024)]
+
+
+def check_against_reference(name: str) -> float:
+    """Relative max error of the fast kernel against explicit powers, float64, small size."""
+    torch.manual_seed(0)
+    k = KERNELS[name](2, 8).double()
+    K = k(64)
+    R = reference.kernel(*k.discrete(64), 64)
+    err = ((K - R).abs().max() / R.abs().max()).item()
+    if err > 1e-9:
+        raise SystemExit(f"{name}: kernel differs from the reference by {err:.2e}")
+    return err
+
+
+def kernel_step(k: torch.nn.Module, L: int) -> Callable[[], None]:
+    G = torch.randn(k.channels, k.d_model, L)
+
+    def step():
+        k.zero_grad(set_to_none=True)
+        (k(L) * G).sum().backward()
+
+    return step
+
+
+def floor_step(H: int, L: int) -> Callable[[], None]:
+    u = torch.randn(BATCH, H, L, requires_grad=True)
+    K = torch.randn(1, H, L, requires_grad=True)
+    G = torch.randn(BATCH, 1, H, L)
+
+    def step():
+        u.grad = K.grad = None
+        (fftconv(u, K) * G).sum().backward()
+
+    return step
+
+
+FLOOR = "FFT conv floor (B=4)"
+
+
+def make_step(name: str, H: int, N: int, L: int) -> Callable[[], None]:
+    if name == FLOOR:
+        return floor_step(H, L)
+    return kernel_step(KERNELS[name](H, N), L)
+
+
+def timed(step: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
+
+
+def peak_memory_mb(name: str, H: int, N: int, L: int) -> float:
+    """Growth of the peak RSS during forward + backward, in a fresh process."""
+    code = (
+        "import json, resource, sys, torch; sys.path.insert(0, 'benchmarks');"
+        "import kernels as b; torch.set_num_threads(2);"
+        f"step = b.make_step({name!r}, {H}, {N}, {L});"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; step();"
+        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="only the L=1024 shapes")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    errs = {name: check_against_reference(name) for name in KERNELS}
+    rows = []
+    for H, N, L in QUICK_SHAPES if args.quick else SHAPES:
+        torch.manual_seed(0)
+        steps = {name: make_step(name, H, N, L) for name in [FLOOR, *KERNELS]}
+        for step in steps.values():  # warm-up
+            step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        ratios: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            t_floor = timed(steps[FLOOR])
+            times[FLOOR].append(t_floor)
+            for name in KERNELS:
+                times[name].append(timed(steps[name]))
+                ratios[name].append(times[name][-1] / t_floor)
+        del steps
+        for name in [FLOOR, *KERNELS]:
+            med = statistics.median(times[name])
+            ratio = statistics.median(ratios[name]) if name != FLOOR else 1.0
+            mem = peak_memory_mb(name, H, N, L)
+            target = TARGETS.get(name)
+            verdict = "" if target is None or (H, N) != (128, 64) else ("met" if ratio <= target and mem < 1024 else "MISSED")
+            rows.append(f"| {name} | {H} | {N} | {L} | {med:.3f} | {ratio:.2f} | {mem:.0f} | "
+                        f"{'' if target is None else f'<= {target:g}x, < 1 GB'} | {verdict} |")
+            print(rows[-1], flush=True)
+    header = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {args.repeats}.",
+        "Reference check (float64, H=2, N=8, L=64, relative max error): "
+        + ", ".join(f"{n}: {e:.1e}" for n, e in errs.items()),
+        "",
+        "| kernel | H | N | L | fwd+bwd (s) | ratio to floor | peak MB | target | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    table = "\n".join(header + rows)
+    print("\n" + table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The S4D kernel: a diagonal complex state matrix Lambda, discretised per feature, and its
+kernel by one Vandermonde product (S4D; spec B.5):
+
+    K_l = 2 Re sum_{n < N/2} C_n B_bar_n A_bar_n^l,
+
+over the N/2 stored modes; the other N/2 are their complex conjugates, whose terms are the
+conjugates of these, hence the 2 Re (spec E16).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import discretize, hippo
+from .._checks import check_choice, check_length
+from ..ops.vandermonde import vandermonde_re
+from .base import DiscreteSSM, SSMKernel
+
+Tensor = torch.Tensor
+_C128 = torch.complex128
+
+
+def init_legs(N: int) -> tuple[Tensor, Tensor]:
+    """S4D-LegS: the eigenvalues -1/2 + i omega_n of the normal part of HiPPO-LegS and its B in
+    that eigenbasis (spec B.2), so the diagonal system approximates LegS."""
+    f = hippo.nplr("legs", N)
+    return f.Lambda, f.B
+
+
+def init_inv(N: int) -> tuple[Tensor, Tensor]:
+    """S4D-Inv: Lambda_n = -1/2 - i (N / pi) (N / (2n + 1) - 1), B_n = 1."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    lam = torch.complex(torch.full_like(n, -0.5), -(N / math.pi) * (N / (2 * n + 1) - 1))
+    return lam, torch.ones(N // 2, dtype=_C128)
+
+
+def init_lin(N: int) -> tuple[Tensor, Tensor]:
+    """S4D-Lin: Lambda_n = -1/2 - i pi n, B_n = 1."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    return torch.complex(torch.full_like(n, -0.5), -math.pi * n), torch.ones(N // 2, dtype=_C128)
+
+
+def init_real(N: int) -> tuple[Tensor, Tensor]:
+    """S4D-Real: Lambda_n = -(n + 1), B_n = 1."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    return torch.complex(-(n + 1), torch.zeros_like(n)), torch.ones(N // 2, dtype=_C128)
+
+
+INITS: dict[str, Callable[[int], tuple[Tensor, Tensor]]] = {
+    "legs": init_legs,
+    "inv": init_inv,
+    "lin": init_lin,
+    "real": init_real,
+}
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def zoh_log(dt_lam: Tensor) -> Tensor:
+    """log A_bar of the ZOH A_bar = exp(dt Lambda): dt Lambda itself, with no rounding.
+
+    Args:
+        dt_lam: (..., N) complex, dt Lambda.
+    Returns:
+        (..., N) complex, log A_bar.
+    """
+    return dt_lam
+
+
+def bilinear_log(dt_lam: Tensor) -> Tensor:
+    """A logarithm of the bilinear A_bar = (1 + x) / (1 - x), x = dt Lambda / 2, as
+    log1p(x) - log1p(-x).
+
+    It differs from the principal log(A_bar) by a multiple of 2 pi i at most, which no power
+    A_bar^l sees, and keeps full relative precision when dt Lambda is small, where the log of a
+    rounded A_bar ~ 1 loses digits that the Vandermonde product then multiplies by l (float32,
+    dt = 1e-4: 1e-7 relative error against 2e-4). A_bar = 0 (dt Lambda = -2) has no logarithm;
+    log(tiny) stands in, so the kernel is B_bar C at l = 0 and 0 after it, as it should be,
+    with no -inf or NaN in the values or gradients.
+
+    Args:
+        dt_lam: (..., N) complex, dt Lambda.
+    Returns:
+        (..., N) complex, log A_bar.
+    """
+    x = dt_lam / 2
+    zero = x == -1
+    x_safe = torch.where(zero, torch.zeros_like(x), x)
+    floor = math.log(torch.finfo(x.real.dtype).tiny)
+    return torch.where(zero, torch.full_like(x, floor), torch.log1p(x_safe) - torch.log1p(-x_safe))
+
+
+# log A_bar per discretisation (A_bar, B_bar themselves come from `discretize.DIAGONAL`).
+LOG_A_BAR: dict[str, Callable[[Tensor], Tensor]] = {"zoh": zoh_log, "bilinear": bilinear_log}
+
+DISCRETIZATIONS = tuple(LOG_A_BAR)
+
+
+class DiagKernel(SSMKernel):
+    """S4D kernel (spec B.1, B.5): n_ssm diagonal SSMs shared across the H features.
+
+    Args:
+        d_model: H features. d_state: N, even (N/2 stored conjugate-pair modes).
+        channels: C output channels per feature.
+        init: initial Lambda and B, one of `INITS` ('legs', 'inv', 'lin', 'real').
+        disc: 'zoh' or 'bilinear'.
+        n_ssm: number of distinct (Lambda, B) copies, dividing H; feature h uses copy h % n_ssm
+            (None: H, one per feature).
+        learn: train Lambda and B (else buffers). lr: learning-rate hint for Lambda and B.
+        dt_min, dt_max, dt_init, learn_dt, lr_dt: see `SSMKernel`.
+    Shapes: Lambda = -exp(log_neg_re) + i lam_im (n_ssm, N/2) complex; B (n_ssm, N/2) complex;
+    C (C, H, N/2) complex; log_dt (H,). Complex tensors are stored as real views (..., 2).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        channels: int = 1,
+        init: str = "legs",
+        disc: str = "zoh",
+        n_ssm: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init: str = "random",
+        learn_dt: bool = True,
+        lr_dt: float | None = 1e-3,
+        learn: bool = True,
+        lr: float | None = 1e-3,
+    ):
+        super().__init__(d_model, channels, dt_min, dt_max, dt_init, learn_dt, lr_dt)
+        check_length("d_state", d_state)
+        if d_state % 2:
+            raise ValueError(
+                f"d_state must be even, got d_state={d_state}: the N/2 stored modes are "
+                f"complex-conjugate pairs; use d_state={d_state - 1} or d_state={d_state + 1}"
+            )
+        check_choice("init", init, INITS)
+        check_choice("disc", disc, DISCRETIZATIONS)
+        n_ssm = d_model if n_ssm is None else n_ssm
+        check_length("n_ssm", n_ssm)
+        if d_model % n_ssm:
+            raise ValueError(f"n_ssm must divide d_model, got n_ssm={n_ssm}, d_model={d_model}")
+        self.d_state, self.init, self.disc, self.n_ssm = d_state, init, disc, n_ssm
+
+        lam, B = INITS[init](d_state)  # (N/2,) complex128 each
+        dtype = torch.get_default_dtype()
+        cdtype = _COMPLEX[dtype]
+        expand = (n_ssm, d_state // 2)
+        self.register("log_neg_re", torch.log(-lam.real).to(dtype).expand(expand), learn=learn, lr=lr)
+        self.register("lam_im", lam.imag.to(dtype).expand(expand), learn=learn, lr=lr)
+        self.register("B", B.to(cdtype).expand(expand), learn=learn, lr=lr)
+        # C is an ordinary parameter (global learning rate and weight decay), complex normal.
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(channels, d_model, d_state // 2, dtype=cdtype)))
+
+    @property
+    def Lambda(self) -> Tensor:
+        """The stored diagonal (n_ssm, N/2) complex, with Re < 0 by construction."""
+        return torch.complex(-self.log_neg_re.exp(), self.lam_im)
+
+    def _discretize(self, rate: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(A_bar, B_bar, log A_bar), each (H, N/2) complex, at step dt * rate."""
+        copies = self.d_model // self.n_ssm
+        lam = self.Lambda.repeat(copies, 1)  # (H, N/2)
+        B = self.complex("B").repeat(copies, 1)  # (H, N/2)
+        dt = self.dt * rate  # (H,)
+        A_bar, B_bar = discretize.DIAGONAL[self.disc](lam, B, dt)
+        dt_lam = dt[:, None] * lam  # (H, N/2)
+        return A_bar, B_bar, LOG_A_BAR[self.disc](dt_lam)
+
+    def forward(self, L: int, rate: float = 1.0) -> Tensor:
+        """K (C, H, L) real at step dt * rate, by the real-part Vandermonde product (half the
+        multiplications of the complex one; the imaginary part is never needed)."""
+        self._check_call(L, rate)
+        _, B_bar, log_A = self._discretize(rate)
+        v = torch.view_as_complex(self.C) * B_bar  # (C, H, N/2)
+        return 2 * vandermonde_re(v, log_A, L)
+
+    def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:
+        """The full conjugate-symmetric space: A_bar (H, N, N) diagonal, B_bar (H, N),
+        C (C, H, N), all complex, with K_l = Re(C A_bar^l B_bar)."""
+        self._check_call(L, rate)
+        A_bar, B_bar, _ = self._discretize(rate)
+        C = torch.view_as_complex(self.C)
+        return DiscreteSSM(
+            torch.diag_embed(torch.cat([A_bar, A_bar.conj()], dim=-1)),
+            torch.cat([B_bar, B_bar.conj()], dim=-1),
+            torch.cat([C, C.conj()], dim=-1),
+        )

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from lssl.ops.cauchy import cauchy, cauchy_conj, cauchy_naive
+
+from .helpers import assert_close, grads
+
+C128 = torch.complex128
+
+
+def _nodes(K: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = 1 - omega, c = (1 + omega) / 2 at the first K L-th roots of unity."""
+    omega = torch.exp(-2j * math.pi * torch.arange(K, dtype=torch.float64) / L)
+    return 1 - omega, (1 + omega) / 2
+
+
+def _inputs(S=3, H=4, N=6, K=9, L=16):
+    v = torch.randn(S, H, N, dtype=C128, requires_grad=True)
+    # Stable poles (Re < 0): no denominator vanishes on the unit circle.
+    mu = torch.complex(-torch.rand(H, N, dtype=torch.float64) - 0.1, 3 * torch.randn(H, N, dtype=torch.float64))
+    a, c = _nodes(K, L)
+    return v, mu.requires_grad_(), a, c
+
+
+def _full(x):
+    return torch.cat([x, x.conj()], dim=-1)
+
+
+def _compare(fast, naive, v, mu):
+    out, ref = fast(v, mu), naive(v, mu)
+    assert out.shape == ref.shape
+    assert_close(out, ref)
+    G = torch.randn_like(ref)
+    g_fast = grads((out * G).real.sum(), {"v": v, "mu": mu})
+    g_ref = grads((ref * G).real.sum(), {"v": v, "mu": mu})
+    for name in g_ref:
+        assert g_ref[name].abs().max() > 0, name
+        assert_close(g_fast[name], g_ref[name])
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4, 9, 100])
+def test_cauchy_equals_naive(chunk):
+    v, mu, a, c = _inputs()
+    _compare(lambda v, mu: cauchy(v, mu, a, c, chunk), lambda v, mu: cauchy_naive(v, mu, a, c), v, mu)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4, 9, 100])
+def test_cauchy_conj_equals_naive_on_full_space(chunk):
+    v, mu, a, c = _inputs()
+    _compare(
+        lambda v, mu: cauchy_conj(v, mu, a, c, chunk),
+        lambda v, mu: cauchy_naive(_full(v), _full(mu), a, c),
+        v,
+        mu,
+    )
+
+
+@pytest.mark.parametrize("op", [cauchy, cauchy_conj])
+def test_chunking_does_not_change_the_result(op):
+    v, mu, a, c = _inputs(K=33, L=64)
+    whole = op(v, mu, a, c, chunk=33)
+    assert_close(op(v, mu, a, c, chunk=5), whole)
+    assert_close(op(v, mu, a, c, chunk=1), whole)
+
+
+@pytest.mark.parametrize("op", [cauchy, cauchy_conj])
+def test_gradcheck(op):
+    v, mu, a, c = _inputs(S=2, H=2, N=3, K=5, L=8)
+    assert torch.autograd.gradcheck(lambda v, mu: op(v, mu, a, c, chunk=2), (v, mu))
+
+
+def test_nyquist_node_is_finite():
+    """omega = -1: a = 2, c = 0, so every term is v / 2 (no division by 1 + omega)."""
+    v, mu, _, _ = _inputs()
+    a, c = torch.tensor([2.0 + 0j], dtype=C128), torch.tensor([0j], dtype=C128)
+    assert_close(cauchy(v, mu, a, c)[..., 0], v.sum(-1) / 2)
+    assert_close(cauchy_conj(v, mu, a, c)[..., 0], v.real.sum(-1).to(C128))
+
+
+def test_float32():
+    v, mu, a, c = _inputs(K=65, L=128)
+    ref = cauchy_naive(_full(v), _full(mu), a, c)
+    v, mu, a, c = (x.detach().to(torch.complex64) for x in (v, mu, a, c))
+    out = cauchy_conj(v, mu, a, c)
+    assert out.dtype == torch.complex64
+    assert_close(out.to(C128), ref, dtype=torch.float32)
