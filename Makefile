@@ -21,7 +21,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/kernels.py --out benchmarks/kernels.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

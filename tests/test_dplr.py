@@ -6,7 +6,8 @@ import torch
 
 from lssl import hippo
 from lssl.kernels import reference
-from lssl.kernels.dplr import DPLRKernel, bilinear_dense, full, generating_function, roots_of_unity, small_inverse
+from lssl.kernels.base import full
+from lssl.kernels.dplr import DPLRKernel, bilinear_dense, generating_function, roots_of_unity, small_inverse
 
 from .helpers import assert_close, grads
 

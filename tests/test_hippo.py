@@ -107,7 +107,7 @@ def test_nplr(measure, N):
 
 
 def test_nplr_odd_n_raises():
-    with pytest.raises(ValueError, match="even state size N, got N=7.*N=6 or N=8"):
+    with pytest.raises(ValueError, match="N must be even .*got N=7; use N=6 or N=8"):
         hippo.nplr("legs", 7)
 
 

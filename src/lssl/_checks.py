@@ -43,3 +43,17 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise if `t` holds NaN or Inf."""
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_even(name: str, value: int, why: str) -> None:
+    """Raise unless `value` is even, suggesting the two even neighbours."""
+    if value % 2:
+        options = " or ".join(f"{name}={n}" for n in (value - 1, value + 1) if n > 0)
+        raise ValueError(f"{name} must be even ({why}), got {name}={value}; use {options}")
+
+
+def check_divides(name: str, value: int, total_name: str, total: int) -> None:
+    """Raise unless `value` is a positive int dividing `total`."""
+    check_length(name, value)
+    if total % value:
+        raise ValueError(f"{name} must divide {total_name}={total}, got {name}={value}")

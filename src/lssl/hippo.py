@@ -26,23 +26,17 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_even
 
 Tensor = torch.Tensor
 _F64 = torch.float64
+
+CONJUGATE_PAIRS = "the modes come in complex-conjugate pairs; an odd size would drop the real one"
 
 
 def _check_n(N: int) -> None:
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise ValueError(f"N (state size) must be a positive int, got {N!r}")
-
-
-def _check_even(N: int, what: str) -> None:
-    if N % 2:
-        raise ValueError(
-            f"{what} needs an even state size N, got N={N}: its modes come in complex-conjugate "
-            f"pairs and an odd N would silently drop the real mode; use N={N - 1} or N={N + 1}"
-        )
 
 
 def legs(N: int) -> tuple[Tensor, Tensor]:
@@ -69,7 +63,7 @@ def lagt(N: int) -> tuple[Tensor, Tensor]:
 
 def fout(N: int) -> tuple[Tensor, Tensor]:
     """HiPPO-FouT (translated Fourier): (A (N, N), B (N,)); N must be even."""
-    _check_even(N, "measure 'fout'")
+    check_even("N", N, "measure 'fout' rotates pairs of states")
     f = torch.arange(N // 2, dtype=_F64)
     A = torch.zeros(N, N, dtype=_F64)
     idx = torch.arange(0, N, 2)
@@ -147,7 +141,7 @@ def nplr(measure: str, N: int) -> NPLR:
     """Diagonalise the normal part of a HiPPO matrix with a unitary V (never the ill-conditioned
     eigenvectors of A itself). N must be even: the modes come in conjugate pairs."""
     A, B = transition(measure, N)
-    _check_even(N, "the NPLR factorisation")
+    check_even("N", N, CONJUGATE_PAIRS)
     P = rank_correction(measure, N)
     S = A + P.T @ P
     c = torch.diagonal(S).mean()

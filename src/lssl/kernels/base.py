@@ -32,6 +32,17 @@ class DiscreteSSM(NamedTuple):
     C: Tensor  # (C, H, N)
 
 
+def full(x: Tensor) -> Tensor:
+    """The full conjugate-symmetric vector concat(x, conj(x)) along the last dim, (..., N/2) ->
+    (..., N), from the N/2 stored modes of a conjugate-pair kernel."""
+    return torch.cat([x, x.conj()], dim=-1)
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose real and imaginary parts are `dtype`."""
+    return torch.complex(torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype)).dtype
+
+
 def init_log_dt(
     H: int, dt_min: float, dt_max: float, init: str = "random", generator: torch.Generator | None = None
 ) -> Tensor:

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .. import discretize, hippo
-from .._checks import check_choice, check_length
+from .._checks import check_choice, check_divides, check_even, check_length
 from ..ops.vandermonde import vandermonde_re
-from .base import DiscreteSSM, SSMKernel
+from .base import DiscreteSSM, SSMKernel, complex_dtype, full
 
 Tensor = torch.Tensor
 _C128 = torch.complex128
@@ -56,8 +56,6 @@ INITS: dict[str, Callable[[int], tuple[Tensor, Tensor]]] = {
     "lin": init_lin,
     "real": init_real,
 }
-
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def zoh_log(dt_lam: Tensor) -> Tensor:
@@ -134,22 +132,16 @@ class DiagKernel(SSMKernel):
     ):
         super().__init__(d_model, channels, dt_min, dt_max, dt_init, learn_dt, lr_dt)
         check_length("d_state", d_state)
-        if d_state % 2:
-            raise ValueError(
-                f"d_state must be even, got d_state={d_state}: the N/2 stored modes are "
-                f"complex-conjugate pairs; use d_state={d_state - 1} or d_state={d_state + 1}"
-            )
+        check_even("d_state", d_state, hippo.CONJUGATE_PAIRS)
         check_choice("init", init, INITS)
         check_choice("disc", disc, DISCRETIZATIONS)
         n_ssm = d_model if n_ssm is None else n_ssm
-        check_length("n_ssm", n_ssm)
-        if d_model % n_ssm:
-            raise ValueError(f"n_ssm must divide d_model, got n_ssm={n_ssm}, d_model={d_model}")
+        check_divides("n_ssm", n_ssm, "d_model", d_model)
         self.d_state, self.init, self.disc, self.n_ssm = d_state, init, disc, n_ssm
 
         lam, B = INITS[init](d_state)  # (N/2,) complex128 each
         dtype = torch.get_default_dtype()
-        cdtype = _COMPLEX[dtype]
+        cdtype = complex_dtype(dtype)
         expand = (n_ssm, d_state // 2)
         self.register("log_neg_re", torch.log(-lam.real).to(dtype).expand(expand), learn=learn, lr=lr)
         self.register("lam_im", lam.imag.to(dtype).expand(expand), learn=learn, lr=lr)
@@ -186,8 +178,4 @@ class DiagKernel(SSMKernel):
         self._check_call(L, rate)
         A_bar, B_bar, _ = self._discretize(rate)
         C = torch.view_as_complex(self.C)
-        return DiscreteSSM(
-            torch.diag_embed(torch.cat([A_bar, A_bar.conj()], dim=-1)),
-            torch.cat([B_bar, B_bar.conj()], dim=-1),
-            torch.cat([C, C.conj()], dim=-1),
-        )
+        return DiscreteSSM(torch.diag_embed(full(A_bar)), full(B_bar), full(C))

@@ -36,16 +36,12 @@ import torch
 from torch import nn
 
 from .. import discretize, hippo
-from .._checks import check_choice, check_length
+from .._checks import check_choice, check_divides, check_even, check_length
 from ..ops.cauchy import cauchy_conj
-from .base import DiscreteSSM, SSMKernel
+from ..ops.linalg import solve
+from .base import DiscreteSSM, SSMKernel, complex_dtype, full
 
 Tensor = torch.Tensor
-
-
-def full(x: Tensor) -> Tensor:
-    """The conjugate-symmetric full-space vector concat(x, conj(x)) along the last dim."""
-    return torch.cat([x, x.conj()], dim=-1)
 
 
 def small_inverse(M: Tensor) -> Tensor:
@@ -161,24 +157,17 @@ class DPLRKernel(SSMKernel):
     ):
         super().__init__(d_model, channels, dt_min, dt_max, dt_init, learn_dt, lr_dt)
         check_length("d_state", d_state)
-        if d_state % 2:
-            options = " or ".join(f"d_state={n}" for n in (d_state - 1, d_state + 1) if n > 0)
-            raise ValueError(
-                f"d_state must be even for the DPLR kernel (its modes come in complex-conjugate pairs), "
-                f"got {d_state}; use {options}"
-            )
+        check_even("d_state", d_state, hippo.CONJUGATE_PAIRS)
         check_choice("measure", measure, hippo.MEASURES)
         n_ssm = d_model if n_ssm is None else n_ssm
-        check_length("n_ssm", n_ssm)
-        if d_model % n_ssm:
-            raise ValueError(f"n_ssm must divide d_model={d_model}, got n_ssm={n_ssm}")
+        check_divides("n_ssm", n_ssm, "d_model", d_model)
         if l_max is not None:
             check_length("l_max", l_max)
         self.d_state, self.measure, self.n_ssm, self.l_max = d_state, measure, n_ssm, l_max
 
         f = hippo.nplr(measure, d_state)
         dtype = torch.get_default_dtype()
-        cdtype = torch.view_as_complex(torch.zeros(2, dtype=dtype)).dtype
+        cdtype = complex_dtype(dtype)
         copies = (n_ssm, d_state // 2)
         # legt, lagt and fout have Re(Lambda) = 0 exactly; nudge it to -1e-4 so log(-Re) exists
         # and every mode of the normal part decays (their A is HiPPO's A - 1e-4 I).
@@ -251,5 +240,5 @@ class DPLRKernel(SSMKernel):
         A_bar, B_bar = discretize.gbt(A, full(B), self.dt * rate, 0.5)
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         lhs = (eye - torch.linalg.matrix_power(A_bar, L_d)).mT  # (H, N, N)
-        C = torch.linalg.solve(lhs, full(self.complex("C"))[..., None])[..., 0]  # (C, H, N)
+        C = solve(lhs, full(self.complex("C"))[..., None])[..., 0]  # (C, H, N)
         return DiscreteSSM(A_bar, B_bar, C)
