@@ -22,6 +22,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/kernels.py --out benchmarks/kernels.md
+	$(PY) benchmarks/layers.py --out benchmarks/layers.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

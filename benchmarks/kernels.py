@@ -14,23 +14,16 @@ in a fresh process per (kernel, shape).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import FLOOR, Step, floor_step, interleaved, peak_memory_mb
 
 from lssl.kernels import reference
 from lssl.kernels.diag import DiagKernel
 from lssl.kernels.dplr import DPLRKernel
 from lssl.kernels.krylov import KrylovKernel
-from lssl.ops.fftconv import fftconv
-
-BATCH = 4
 
 KERNELS: dict[str, Callable[[int, int], torch.nn.Module]] = {
     "S4D (diag, zoh)": lambda H, N: DiagKernel(d_model=H, d_state=N),
@@ -61,7 +54,7 @@ def check_against_reference(name: str) -> float:
     return err
 
 
-def kernel_step(k: torch.nn.Module, L: int) -> Callable[[], None]:
+def kernel_step(k: torch.nn.Module, L: int) -> Step:
     G = torch.randn(k.channels, k.d_model, L)
 
     def step():
@@ -71,52 +64,10 @@ def kernel_step(k: torch.nn.Module, L: int) -> Callable[[], None]:
     return step
 
 
-def floor_step(H: int, L: int) -> Callable[[], None]:
-    u = torch.randn(BATCH, H, L, requires_grad=True)
-    K = torch.randn(1, H, L, requires_grad=True)
-    G = torch.randn(BATCH, 1, H, L)
-
-    def step():
-        u.grad = K.grad = None
-        (fftconv(u, K) * G).sum().backward()
-
-    return step
-
-
-FLOOR = "FFT conv floor (B=4)"
-
-
-def make_step(name: str, H: int, N: int, L: int) -> Callable[[], None]:
+def make_step(name: str, H: int, N: int, L: int) -> Step:
     if name == FLOOR:
         return floor_step(H, L)
     return kernel_step(KERNELS[name](H, N), L)
-
-
-def timed(step: Callable[[], None]) -> float:
-    t = time.perf_counter()
-    step()
-    return time.perf_counter() - t
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM, which, unlike ru_maxrss, is not inherited
-    from the parent across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def peak_memory_mb(name: str, H: int, N: int, L: int) -> float:
-    """Growth of the peak RSS during forward + backward, in a fresh process."""
-    code = (
-        "import json, sys, torch; sys.path.insert(0, 'benchmarks');"
-        "import kernels as b; torch.set_num_threads(2);"
-        f"step = b.make_step({name!r}, {H}, {N}, {L});"
-        "base = b.peak_rss_mb(); step(); print(json.dumps(b.peak_rss_mb() - base))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -131,21 +82,11 @@ def main() -> None:
     for H, N, L in QUICK_SHAPES if args.quick else SHAPES:
         torch.manual_seed(0)
         steps = {name: make_step(name, H, N, L) for name in [FLOOR, *KERNELS]}
-        for step in steps.values():  # warm-up
-            step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        ratios: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            t_floor = timed(steps[FLOOR])
-            times[FLOOR].append(t_floor)
-            for name in KERNELS:
-                times[name].append(timed(steps[name]))
-                ratios[name].append(times[name][-1] / t_floor)
+        times, ratios = interleaved(steps, args.repeats)
         del steps
         for name in [FLOOR, *KERNELS]:
-            med = statistics.median(times[name])
-            ratio = statistics.median(ratios[name]) if name != FLOOR else 1.0
-            mem = peak_memory_mb(name, H, N, L)
+            med, ratio = times[name], ratios[name]
+            mem = peak_memory_mb("kernels", name, H, N, L)
             target, verdict = "", ""
             if (name, (H, N, L)) in TARGETS:
                 max_ratio, max_mb = TARGETS[name, (H, N, L)]

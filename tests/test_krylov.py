@@ -4,6 +4,7 @@ import torch
 from lssl import hippo
 from lssl.kernels import reference
 from lssl.kernels.krylov import KrylovKernel, krylov_kernel
+from lssl.kernels.transition import TriD
 
 from .helpers import assert_close, grads
 
@@ -37,6 +38,12 @@ def _params(k):
     return dict(k.named_parameters())
 
 
+def _transition_names(measure):
+    """Names of a learned transition's parameters: TriD for legs/legt/lagt, dense for fout."""
+    fields = ("A", "B") if measure == "fout" else TriD._fields
+    return {f"transition.{name}" for name in fields}
+
+
 @pytest.mark.parametrize("measure", list(hippo.MEASURES))
 @pytest.mark.parametrize("disc", ["bilinear", "zoh"])
 @pytest.mark.parametrize("share_a", [True, False])
@@ -49,7 +56,7 @@ def test_kernel_equals_reference_values_and_grads(f64, measure, disc, share_a):
     assert K.shape == (2, 4, L)
     assert_close(K, R)
     params = _params(k)
-    assert set(params) == {"A", "B", "C", "log_dt"}
+    assert set(params) == {"C", "log_dt"} | _transition_names(measure)
     g_fast = grads((K * G).sum(), params)
     g_ref = grads((R * G).sum(), params)
     for name in params:
@@ -63,7 +70,8 @@ def test_rate_scales_dt(f64, rate):
     A_bar, B_bar, C = k.discrete(40, rate)
     from lssl import discretize
 
-    A_ref, B_ref = discretize.gbt(k.A, k.B, k.dt * rate)
+    A, B = k.transition.dense()
+    A_ref, B_ref = discretize.gbt(A, B, k.dt * rate)
     assert_close(A_bar, A_ref)
     assert_close(B_bar, B_ref)
     assert_close(k(40, rate), reference.kernel(A_bar, B_bar, C, 40))
@@ -82,12 +90,17 @@ def test_zoh_rate_change_is_block_sum(f64, r):
 def test_fixed_transition_is_buffers_with_hints_on_learned():
     fixed = KrylovKernel(4, 8)
     assert set(_params(fixed)) == {"C", "log_dt"}
-    assert {"A", "B"} <= set(dict(fixed.named_buffers()))
+    assert {"transition.A", "transition.B"} <= set(dict(fixed.named_buffers()))
     learned = KrylovKernel(4, 8, learn_a=True, share_a=False)
     p = _params(learned)
-    assert p["A"].shape == (4, 8, 8) and p["B"].shape == (4, 8)
-    assert p["A"]._optim == {"lr": 1e-4, "weight_decay": 0.0}
-    assert p["B"]._optim == {"lr": 1e-4, "weight_decay": 0.0}
+    A, B = learned.transition.dense()
+    assert A.shape == (4, 8, 8) and B.shape == (4, 8)
+    for name in _transition_names("legs"):
+        assert p[name]._optim == {"lr": 1e-4, "weight_decay": 0.0}, name
+    dense = _params(KrylovKernel(4, 8, measure="fout", learn_a=True, share_a=False))
+    assert dense["transition.A"].shape == (4, 8, 8) and dense["transition.B"].shape == (4, 8)
+    assert dense["transition.A"]._optim == {"lr": 1e-4, "weight_decay": 0.0}
+    assert dense["transition.B"]._optim == {"lr": 1e-4, "weight_decay": 0.0}
     assert p["log_dt"]._optim == {"lr": 1e-3, "weight_decay": 0.0}
     assert not hasattr(p["C"], "_optim")
     frozen_dt = KrylovKernel(4, 8, learn_dt=False)

@@ -5,6 +5,13 @@ kernel by one Vandermonde product (S4D; spec B.5):
 
 over the N/2 stored modes; the other N/2 are their complex conjugates, whose terms are the
 conjugates of these, hence the 2 Re (spec E16).
+
+The recurrent view works on the same half: the state is x (B, H, N/2) complex, the first half
+of the full state (x, conj x), stepped as x_t = A_bar x_{t-1} + B_bar u_t with output
+2 Re(C x_t), O(N) per sample. State passing uses Vandermonde products too: the zero-input
+response 2 Re sum_n C_n A_bar_n^{t+1} x0_n is the kernel with C B_bar replaced by C A_bar x0, and
+the final state sum_l A_bar^{L-1-l} B_bar u_l is a transposed product over the reversed input
+(spec B.5, state forwarding); neither materialises (B, H, N, L).
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import torch
 from torch import nn
 
 from .. import discretize, hippo
-from .._checks import check_choice, check_divides, check_even, check_length
-from ..ops.vandermonde import vandermonde_re
-from .base import DiscreteSSM, SSMKernel, complex_dtype, full
+from .._checks import check_choice, check_divides, check_even, check_length, check_positive
+from ..ops.vandermonde import vandermonde_re, vandermonde_transpose
+from .base import DiagonalRecurrence, DiscreteSSM, Recurrence, SSMKernel, complex_dtype, full
 
 Tensor = torch.Tensor
 _C128 = torch.complex128
@@ -179,3 +186,33 @@ class DiagKernel(SSMKernel):
         A_bar, B_bar, _ = self._discretize(rate)
         C = torch.view_as_complex(self.C)
         return DiscreteSSM(torch.diag_embed(full(A_bar)), full(B_bar), full(C))
+
+    def default_state(self, batch: int) -> Tensor:
+        """The zero half state (B, H, N/2) complex (module docstring)."""
+        check_length("batch", batch)
+        C = torch.view_as_complex(self.C)
+        return torch.zeros(batch, self.d_model, self.d_state // 2, dtype=C.dtype, device=C.device)
+
+    def recurrence(self, rate: float = 1.0) -> Recurrence:
+        """The diagonal step at step dt * rate on the half state, O(H N) per sample."""
+        check_positive("rate", rate)
+        A_bar, B_bar, _ = self._discretize(rate)
+        return DiagonalRecurrence(A_bar, B_bar, torch.view_as_complex(self.C))
+
+    def state_response(self, state: Tensor, L: int, rate: float = 1.0) -> Tensor:
+        """Zero-input response 2 Re sum_n C_n A_bar_n^{t+1} x0_n, t < L, of the half state
+        x0 = `state` (B, H, N/2) complex. Returns (B, C, H, L) real."""
+        self._check_call(L, rate)
+        A_bar, _, log_A = self._discretize(rate)
+        v = torch.view_as_complex(self.C) * (A_bar * state)[:, None]  # (B, C, H, N/2)
+        return 2 * vandermonde_re(v.flatten(0, 1), log_A, L).unflatten(0, v.shape[:2])
+
+    def final_state(self, u: Tensor, state: Tensor | None = None, rate: float = 1.0) -> Tensor:
+        """The half state x_{L-1} = A_bar^L x0 + sum_l A_bar^{L-1-l} B_bar u_l (B, H, N/2)
+        complex after the input u (B, L, H), from `state` x0 (B, H, N/2) (None: zeros)."""
+        check_positive("rate", rate)
+        A_bar, B_bar, log_A = self._discretize(rate)
+        x = B_bar * vandermonde_transpose(u.flip(1).transpose(1, 2), log_A)  # (B, H, N/2)
+        if state is not None:
+            x = x + torch.exp(u.shape[1] * log_A) * state
+        return x

@@ -26,6 +26,24 @@ still holds the plain C). The first call converts C for the length it needs, cei
 the exact truncated kernel of the system whose C solves (I - A_bar_r^{L_d})^T C = C~, which is
 the C that `discrete` returns (close to the rate-1 C, not equal: the bilinear A_bar_r^{L_d} only
 approximates A_bar^{l_kernel}).
+
+Recurrent view (spec B.4). The bilinear step x_k = (2/dt - A)^{-1} [(2/dt + A) x_{k-1} + 2 B u_k]
+(S4's "linear" mode) is O(N r): A = Lambda - P P^* is diagonal plus rank r, and Woodbury inverts
+2/dt - A = D^{-1} + P P^* with D = 1/(2/dt - Lambda) through the real r x r matrix
+S = I + P^* D P. Multiplying the two factors out once (`bilinear_dplr`) leaves A_bar itself
+diagonal plus rank r,
+
+    A_bar = diag(D (2/dt + Lambda)) - (D P S^{-1}) ((4/dt) P^* D),
+
+(the two Woodbury terms merge because 1 + D (2/dt + Lambda) = (4/dt) D), so a step is one
+diagonal product, one rank-r correction and the input term (`base.DiagonalRecurrence`), on the
+half state x (B, H, N/2) complex of the full state (x, conj x), with output 2 Re(C x) (spec
+E16). The dense A_bar is never diagonalised (its eigenvectors are ill-conditioned, spec F9).
+The step's C is the plain C of the system, recovered from C~ as `discrete` does.
+
+State passing (`state_response`, `final_state`) runs on the dense full-space A_bar assembled
+from the same factors (`base.dense_response`, `base.dense_final_state`): O(H N^3 log L) once per
+call, then dense products, O(H N^2) memory beyond the signals.
 """
 
 from __future__ import annotations
@@ -36,10 +54,19 @@ import torch
 from torch import nn
 
 from .. import discretize, hippo
-from .._checks import check_choice, check_divides, check_even, check_length
+from .._checks import check_choice, check_divides, check_even, check_length, check_positive
 from ..ops.cauchy import cauchy_conj
 from ..ops.linalg import solve
-from .base import DiscreteSSM, SSMKernel, complex_dtype, full
+from .base import (
+    DiagonalRecurrence,
+    DiscreteSSM,
+    Recurrence,
+    SSMKernel,
+    complex_dtype,
+    dense_final_state,
+    dense_response,
+    full,
+)
 
 Tensor = torch.Tensor
 
@@ -119,6 +146,44 @@ def bilinear_dense(lam: Tensor, P: Tensor, dt: Tensor) -> Tensor:
     S_inv = small_inverse(S.permute(1, 2, 0)).permute(2, 0, 1)  # (H, r, r)
     M_inv = torch.diag_embed(d_inv) - (d_inv[..., None] * U) @ S_inv @ (V * d_inv[:, None, :])  # (H, N, N)
     return 2 * M_inv - torch.eye(M_inv.shape[-1], dtype=M_inv.dtype, device=M_inv.device)
+
+
+def bilinear_dplr(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The bilinear A_bar, B_bar of A = Lambda - P P^* in diagonal-plus-low-rank form on half
+    states (module docstring): A_bar x = a x - sum_k U_k 2 Re(V_k x), B_bar = b, with
+    a = (1 + h Lambda) / (1 - h Lambda), D = h / (1 - h Lambda) = 1 / (2/dt - Lambda), h = dt/2,
+    S = I + 2 Re(P^* D P) (r, r) real, U = D P S^{-1}, V = (2/h) conj(P) D and
+    b = 2 D B - U beta, beta = 2 Re(P^* D 2B) (Woodbury applied to 2B).
+
+    Args:
+        lam: (H, N/2) complex. P: (r, H, N/2) complex. B: (H, N/2) complex. dt: (H,) step.
+    Returns:
+        a (H, N/2), b (H, N/2), U (r, H, N/2), V (r, H, N/2), all complex.
+    """
+    h = (dt / 2)[:, None]  # (H, 1)
+    D = h / (1 - h * lam)  # (H, N/2)
+    a = (1 + h * lam) / (1 - h * lam)  # (H, N/2)
+    PD = P.conj() * D  # (r, H, N/2)
+    r = P.shape[0]
+    S = torch.eye(r, dtype=h.dtype, device=h.device) + 2 * torch.einsum("rhn,shn->hrs", PD, P).real  # (H, r, r)
+    S_inv = small_inverse(S.permute(1, 2, 0)).permute(2, 0, 1)  # (H, r, r)
+    U = torch.einsum("hrs,rhn->shn", S_inv.to(P.dtype), D * P)  # (r, H, N/2)
+    V = (2 / h) * PD  # (r, H, N/2)
+    beta = 2 * (PD * 2 * B).sum(-1).real  # (r, H)
+    b = 2 * D * B - (U * beta[..., None]).sum(0)  # (H, N/2)
+    return a, b, U, V
+
+
+def dplr_dense(a: Tensor, U: Tensor, V: Tensor) -> Tensor:
+    """The dense full-space matrix diag(a, conj a) - sum_k (U_k, conj U_k)^T (V_k, conj V_k)
+    of the half-state operator x -> a x - sum_k U_k 2 Re(V_k x).
+
+    Args:
+        a: (H, N/2) complex. U, V: (r, H, N/2) complex.
+    Returns:
+        (H, N, N) complex.
+    """
+    return torch.diag_embed(full(a)) - torch.einsum("rhn,rhm->hnm", full(U), full(V))
 
 
 class DPLRKernel(SSMKernel):
@@ -229,16 +294,62 @@ class DPLRKernel(SSMKernel):
         K_hat = generating_function(lam, P, B, C, self.dt * rate, a, c)  # (C, H, L_d//2 + 1)
         return torch.fft.irfft(K_hat, n=L_d)[..., :L]
 
+    def _plain_C(self, A_bar: Tensor, rate: float) -> Tensor:
+        """The plain C (C, H, N) complex, full space, of the system with A_bar (H, N, N) at step
+        dt * rate: the solution of (I - A_bar^{L_d})^T C = C~, L_d = round(l_kernel / rate)
+        (at least 1), so that its kernel is `forward(L, rate)`; C itself while no C~ exists
+        (l_kernel = 0)."""
+        lk = self.l_kernel.item()
+        C = full(self.complex("C"))  # (C, H, N)
+        if lk == 0:
+            return C
+        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+        lhs = (eye - torch.linalg.matrix_power(A_bar, max(1, round(lk / rate)))).mT  # (H, N, N)
+        return solve(lhs, C[..., None])[..., 0]
+
     def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:
         """Dense full-space (A_bar (H, N, N), B_bar (H, N), C (C, H, N)), complex, at step
         dt * rate, with C recovered from C~ by solving (I - A_bar^{L_d})^T C = C~, so that the
         explicit-powers kernel equals `forward(L, rate)`."""
-        L_d = self._nodes(L, rate)
+        self._nodes(L, rate)
         lam, P, B = self._ssm()
         P_full = full(P)  # (r, H, N)
         A = torch.diag_embed(full(lam)) - torch.einsum("rhn,rhm->hnm", P_full, P_full.conj())  # (H, N, N)
         A_bar, B_bar = discretize.gbt(A, full(B), self.dt * rate, 0.5)
-        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        lhs = (eye - torch.linalg.matrix_power(A_bar, L_d)).mT  # (H, N, N)
-        C = solve(lhs, full(self.complex("C"))[..., None])[..., 0]  # (C, H, N)
-        return DiscreteSSM(A_bar, B_bar, C)
+        return DiscreteSSM(A_bar, B_bar, self._plain_C(A_bar, rate))
+
+    def _step_system(self, rate: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`bilinear_dplr` at step dt * rate: a, b (H, N/2), U, V (r, H, N/2), complex."""
+        check_positive("rate", rate)
+        lam, P, B = self._ssm()
+        return bilinear_dplr(lam, P, B, self.dt * rate)
+
+    def default_state(self, batch: int) -> Tensor:
+        """The zero half state (B, H, N/2) complex (module docstring)."""
+        check_length("batch", batch)
+        C = self.complex("C")
+        return torch.zeros(batch, self.d_model, self.d_state // 2, dtype=C.dtype, device=C.device)
+
+    def recurrence(self, rate: float = 1.0) -> Recurrence:
+        """The O(N r) bilinear step at step dt * rate on the half state (module docstring), with
+        the plain C for L_d = round(l_kernel / rate) nodes, the C of `forward(L, rate)`; before
+        any kernel call (l_kernel = 0) C is still the plain C. Setup O(H N^3 log l_kernel)."""
+        a, b, U, V = self._step_system(rate)
+        half = a.shape[-1]
+        C = self._plain_C(dplr_dense(a, U, V), rate)[..., :half]  # (C, H, N/2)
+        return DiagonalRecurrence(a, b, C, U, V)
+
+    def state_response(self, state: Tensor, L: int, rate: float = 1.0) -> Tensor:
+        """Zero-input response Re(C A_bar^{t+1} x0), t < L, of the half state x0 = `state`
+        (B, H, N/2) complex, with the C of `forward(L, rate)`. Returns (B, C, H, L) real."""
+        self._nodes(L, rate)
+        a, _, U, V = self._step_system(rate)
+        A_bar = dplr_dense(a, U, V)  # (H, N, N)
+        return dense_response(A_bar, self._plain_C(A_bar, rate), full(state), L)
+
+    def final_state(self, u: Tensor, state: Tensor | None = None, rate: float = 1.0) -> Tensor:
+        """The half state x_{L-1} (B, H, N/2) complex after the input u (B, L, H), from `state`
+        x_{-1} (B, H, N/2) (None: zeros)."""
+        a, b, U, V = self._step_system(rate)
+        x0 = None if state is None else full(state)
+        return dense_final_state(dplr_dense(a, U, V), full(b), u, x0)[..., : a.shape[-1]]

@@ -1,5 +1,6 @@
-"""The LSSL kernel: a dense HiPPO state matrix, discretised per feature, and its Krylov kernel
-K_l = C A_bar^l B_bar computed by blocked repeated squaring.
+"""The LSSL kernel: a HiPPO state matrix (fixed, or learned in the structured family of
+`transition.py`), discretised densely per feature, and its Krylov kernel K_l = C A_bar^l B_bar
+computed by blocked repeated squaring.
 
 The official code builds the whole Krylov matrix [B_bar, A_bar B_bar, ..., A_bar^{L-1} B_bar]
 (H, N, L) and then contracts it with C, so memory grows as H N L (2.1 GB per layer at
@@ -19,9 +20,10 @@ import math
 
 import torch
 
-from .. import discretize, hippo
+from .. import discretize
 from .._checks import check_choice, check_length
 from .base import DiscreteSSM, SSMKernel
+from .transition import TRANSITIONS, DenseTransition
 
 Tensor = torch.Tensor
 
@@ -65,16 +67,33 @@ DISCRETIZATIONS = tuple(discretize.DENSE)
 
 
 class KrylovKernel(SSMKernel):
-    """LSSL kernel with a dense HiPPO transition (spec A.1–A.5).
+    """LSSL kernel with a dense or structured HiPPO transition (spec A.1–A.6).
+
+    The paper's learn modes map to (learn_a, share_a) as:
+        0 (LSSL-fixed): learn_a=False. A, B are the exact `hippo.transition` matrices, frozen
+            (buffers of a shared `DenseTransition`; share_a is ignored since per-feature frozen
+            copies would be identical);
+        1: learn_a=True, share_a=True. One learnable transition shared by all features;
+        2: learn_a=True, share_a=False. One learnable transition per feature.
+    A learnable transition is the TriD family of LSSL App. E.2 for legs, legt and lagt (7N - 2
+    numbers, `transition.TriDTransition`) and dense for fout; at init it is exactly the fixed
+    HiPPO pair, so the learned and fixed kernels start equal.
+
+    Frozen kernels are cached: when no parameter requires grad, or grad is disabled (eval /
+    inference), the last K is memoised with its (L, rate) and recomputed as soon as any
+    parameter or buffer changes (in place, by an optimizer or `load_state_dict`, or by `.to()`),
+    unlike the official code, which reuses a stale kernel at evaluation (spec F5).
 
     Args:
         d_model: H features. d_state: N. channels: C output channels per feature (LSSL's M).
         measure: HiPPO measure of the initial A, one of `hippo.MEASURES`.
         disc: one of 'bilinear' (LSSL's choice), 'zoh', 'forward_euler', 'backward_euler'.
-        learn_a: train A and B (dense). share_a: one A, B for all features (else one per feature).
-        lr: learning-rate hint for A and B (LSSL: 1e-4).
+        learn_a: train the transition (A, B). share_a: one transition for all features (else
+            one per feature).
+        lr: learning-rate hint for the transition parameters (LSSL: 1e-4).
         dt_min, dt_max, dt_init, learn_dt, lr_dt: see `SSMKernel`.
-    Shapes: A (N, N) shared or (H, N, N); B (N,) or (H, N); C (C, H, N); log_dt (H,).
+    Shapes: transition.dense() gives A (N, N) and B (N,) shared or (H, N, N) and (H, N) per
+    feature; C (C, H, N); log_dt (H,).
     """
 
     def __init__(
@@ -97,23 +116,42 @@ class KrylovKernel(SSMKernel):
         check_length("d_state", d_state)
         check_choice("disc", disc, DISCRETIZATIONS)
         self.d_state, self.measure, self.disc = d_state, measure, disc
-        A, B = hippo.transition(measure, d_state)
-        dtype = torch.get_default_dtype()
-        A, B = A.to(dtype), B.to(dtype)
-        if not share_a:
-            A, B = A.expand(d_model, -1, -1), B.expand(d_model, -1)
-        self.register("A", A, learn=learn_a, lr=lr)
-        self.register("B", B, learn=learn_a, lr=lr)
+        if learn_a:
+            check_choice("measure", measure, TRANSITIONS)
+            H = None if share_a else d_model
+            self.transition = TRANSITIONS[measure](d_state, measure, H=H, learn=True, lr=lr)
+        else:
+            self.transition = DenseTransition(d_state, measure, learn=False)
         self.C = torch.nn.Parameter(torch.randn(channels, d_model, d_state))
+        self._cache: tuple[tuple, Tensor] | None = None
 
     def _discretize(self, rate: float) -> tuple[Tensor, Tensor]:
-        return discretize.DENSE[self.disc](self.A, self.B, self.dt * rate)
+        A, B = self.transition.dense()
+        return discretize.DENSE[self.disc](A, B, self.dt * rate)
 
-    def forward(self, L: int, rate: float = 1.0) -> Tensor:
-        """K (C, H, L) at step dt * rate."""
-        self._check_call(L, rate)
+    def _kernel(self, L: int, rate: float) -> Tensor:
         A_bar, B_bar = self._discretize(rate)
         return krylov_kernel(A_bar, B_bar, self.C, L)
+
+    def _cache_key(self, L: int, rate: float) -> tuple:
+        # _version counts in-place updates (optimizer steps, copy_); data_ptr, dtype and device
+        # change when a tensor is replaced or converted.
+        tensors = [*self.parameters(), *self.buffers()]
+        return (L, float(rate), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+
+    def forward(self, L: int, rate: float = 1.0) -> Tensor:
+        """K (C, H, L) at step dt * rate; memoised while the kernel is frozen (class docstring)."""
+        self._check_call(L, rate)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            self._cache = None  # a training step: free the memo, which is stale after the update
+            return self._kernel(L, rate)
+        key = self._cache_key(L, rate)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._kernel(L, rate))
+        # A copy (C H L floats, cheap next to the kernel): a caller's in-place edit cannot reach
+        # the memo, and a memo made under inference_mode comes out as a normal tensor that
+        # autograd may save.
+        return self._cache[1].clone()
 
     def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:
         """Dense (A_bar (H, N, N), B_bar (H, N), C (C, H, N)) at step dt * rate."""

@@ -12,6 +12,11 @@ J + T powers of each z_n are ever stored: O(H N (J + T) + C H L) memory.
 `vandermonde_re` returns only the real part, which is all a kernel over conjugate pairs needs
 (K = 2 Re sum_n ...): Re(a b) = Re a Re b - Im a Im b is one real product over 2N terms, half
 the multiplications of the complex product.
+
+`vandermonde_transpose` is the transposed product, out[..., n] = sum_l u[..., l] z_n^l, which
+carries a diagonal SSM's state over a whole input chunk (spec B.5, state forwarding): with the
+same split, out_n = sum_j z_n^{jT} (sum_i u[jT + i] z_n^i), one real matmul (B J x T) @ (T x 2N)
+per feature and a weighted sum over the J blocks, O(H N (J + T) + B H N J) memory.
 """
 
 from __future__ import annotations
@@ -58,6 +63,13 @@ def _powers(log_z: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     return mag * torch.cos(phase), mag * torch.sin(phase)
 
 
+def _split(L: int) -> tuple[int, int]:
+    """Block length T (the power of two nearest sqrt(L)) and block count J = ceil(L / T)."""
+    check_length("L", L)
+    T = 2 ** round(math.log2(math.sqrt(L)))
+    return T, -(-L // T)
+
+
 def _blocks(v: Tensor, log_z: Tensor, L: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The two factors of the blocked product.
 
@@ -65,10 +77,8 @@ def _blocks(v: Tensor, log_z: Tensor, L: int) -> tuple[Tensor, tuple[Tensor, Ten
         left (H, C J, N) complex, v_n z_n^{jT} for channel c and block j in row c J + j;
         right, the real and imaginary parts of z_n^i, (H, N, T) each.
     """
-    check_length("L", L)
     C, H, N = v.shape
-    T = 2 ** round(math.log2(math.sqrt(L)))
-    J = -(-L // T)
+    T, J = _split(L)
     real = log_z.real.dtype
     i = torch.arange(T, dtype=real, device=log_z.device)  # (T,)
     jT = torch.arange(J, dtype=real, device=log_z.device) * T  # (J,)
@@ -108,3 +118,38 @@ def vandermonde_re(v: Tensor, log_z: Tensor, L: int) -> Tensor:
     left = torch.view_as_real(left).reshape(H, CJ, 2 * N)  # (H, C J, 2N), n-major
     right = torch.stack([re, -im], dim=2).reshape(H, 2 * N, -1)  # (H, 2N, T), n-major
     return _unblock(torch.bmm(left, right), v.shape[0], L)  # (C, H, L)
+
+
+def vandermonde_transpose_naive(u: Tensor, log_z: Tensor) -> Tensor:
+    """The oracle of the transposed product: every power z_n^l materialised, (H, N, L).
+
+    Args:
+        u: (B, H, L) real. log_z: (H, N) complex, log z_n.
+    Returns:
+        (B, H, N) complex, out[b, h, n] = sum_l u[b, h, l] exp(l log_z[h, n]).
+    """
+    l = torch.arange(u.shape[-1], dtype=log_z.real.dtype, device=log_z.device)  # (L,)
+    powers = torch.exp(log_z[..., None] * l)  # (H, N, L)
+    return torch.einsum("bhl,hnl->bhn", u.to(powers.dtype), powers)
+
+
+def vandermonde_transpose(u: Tensor, log_z: Tensor) -> Tensor:
+    """out[..., n] = sum_l u[..., l] z_n^l without an (H, N, L) intermediate (module docstring).
+
+    Args:
+        u: (B, H, L) real. log_z: (H, N) complex, log z_n.
+    Returns:
+        (B, H, N) complex, equal to `vandermonde_transpose_naive(u, log_z)`.
+    """
+    batch, H, L = u.shape
+    N = log_z.shape[-1]
+    T, J = _split(L)
+    real = log_z.real.dtype
+    blocks = torch.nn.functional.pad(u, (0, J * T - L)).unflatten(-1, (J, T))  # (B, H, J, T)
+    blocks = blocks.transpose(0, 1).reshape(H, batch * J, T)  # (H, B J, T)
+    re, im = _powers(log_z, torch.arange(T, dtype=real, device=log_z.device))  # (H, N, T) each
+    inner = torch.bmm(blocks, torch.cat([re, im], dim=1).transpose(1, 2))  # (H, B J, 2N)
+    inner = torch.complex(inner[..., :N], inner[..., N:]).unflatten(1, (batch, J))  # (H, B, J, N)
+    jT = torch.arange(J, dtype=real, device=log_z.device) * T  # (J,)
+    z_jT = torch.complex(*_powers(log_z, jT)).transpose(-1, -2)  # (H, J, N)
+    return (inner * z_jT[:, None]).sum(2).transpose(0, 1)  # (B, H, N)

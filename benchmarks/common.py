@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmarks: the FFT-convolution floor, interleaved timing and peak
+memory in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lssl.ops.fftconv import fftconv
+
+BATCH = 4
+FLOOR = "FFT conv floor (B=4)"
+Step = Callable[[], None]
+
+
+def floor_step(H: int, L: int) -> Step:
+    """Forward + backward of the causal FFT convolution alone, with a precomputed kernel."""
+    u = torch.randn(BATCH, H, L, requires_grad=True)
+    K = torch.randn(1, H, L, requires_grad=True)
+    G = torch.randn(BATCH, 1, H, L)
+
+    def step():
+        u.grad = K.grad = None
+        (fftconv(u, K) * G).sum().backward()
+
+    return step
+
+
+def timed(step: Step) -> float:
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
+
+
+def interleaved(steps: dict[str, Step], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median time of each step and median ratio to steps[FLOOR] taken in the same round,
+    after one warm-up round; rounds run every step once, round-robin."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    ratios: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        t_floor = timed(steps[FLOOR])
+        for name, step in steps.items():
+            t = t_floor if name == FLOOR else timed(step)
+            times[name].append(t)
+            ratios[name].append(t / t_floor)
+    return ({n: statistics.median(v) for n, v in times.items()}, {n: statistics.median(v) for n, v in ratios.items()})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM, which, unlike ru_maxrss, is not inherited
+    from the parent across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_memory_mb(module: str, name: str, *shape: int) -> float:
+    """Growth of the peak RSS during one `module.make_step(name, *shape)()`, in a fresh process."""
+    code = (
+        "import json, sys, torch; sys.path.insert(0, 'benchmarks');"
+        f"import common, {module} as b; torch.set_num_threads(2);"
+        f"step = b.make_step({name!r}, {', '.join(map(str, shape))});"
+        "base = common.peak_rss_mb(); step(); print(json.dumps(common.peak_rss_mb() - base))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

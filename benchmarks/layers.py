@@ -1,0 +1,126 @@
+"""Layer benchmark: forward + backward time and peak memory of one layer (kernel, convolution,
+D, activation, output mixing) at batch 4, against the FFT-convolution floor at the same shape
+(interleaved in one process; ratios taken within each round), and the recurrent step latency.
+
+    python benchmarks/layers.py [--repeats 5] [--quick] [--out benchmarks/layers.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from common import BATCH, FLOOR, Step, floor_step, interleaved, peak_memory_mb
+
+from lssl import LSSL, S4, S4D
+from lssl.layer import SSMLayer
+
+LAYERS: dict[str, Callable[[int, int], SSMLayer]] = {
+    "S4D": lambda H, N: S4D(H, d_state=N),
+    "S4": lambda H, N: S4(H, d_state=N),
+    "LSSL (learned A, dt)": lambda H, N: LSSL(H, d_state=N, learn_a=True, share_a=False),
+    "LSSL-fixed": lambda H, N: LSSL(H, d_state=N, learn_a=False, learn_dt=False),
+}
+# (layer, (H, N, L)) -> (max ratio to the floor, max peak MB: half the official layer's).
+TARGETS = {
+    ("S4D", (128, 64, 16000)): (2.5, 1450),
+    ("S4", (128, 64, 16000)): (3.0, 5650),
+    ("LSSL (learned A, dt)", (128, 64, 16000)): (3.0, 1600),
+    ("LSSL-fixed", (128, 64, 16000)): (1.3, 900),
+}
+SHAPES = [(128, 64, 1024), (128, 64, 4096), (128, 64, 16000), (256, 256, 1024)]
+QUICK_SHAPES = [(128, 64, 1024)]
+# (layer, batch) -> step latency target in ms at H=128, N=64.
+STEP_TARGETS = {("S4", 1): 0.1, ("S4", 64): 0.5, ("S4D", 1): 0.05, ("S4D", 64): 0.2, ("LSSL (learned A, dt)", 1): 0.15}
+
+
+def layer_step(layer: SSMLayer, L: int) -> Step:
+    x = torch.randn(BATCH, L, layer.d_model)
+    G = torch.randn(BATCH, L, layer.d_model)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        (layer(x) * G).sum().backward()
+
+    return step
+
+
+def make_step(name: str, H: int, N: int, L: int) -> Step:
+    if name == FLOOR:
+        return floor_step(H, L)
+    return layer_step(LAYERS[name](H, N), L)
+
+
+def step_latency_ms(layer: SSMLayer, batch: int, steps: int = 1000) -> float:
+    """Median time of one `layer.step` in inference mode."""
+    x = torch.randn(batch, layer.d_model)
+    with torch.inference_mode():
+        state = layer.default_state(batch)
+        for _ in range(20):
+            _, state = layer.step(x, state)
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            _, state = layer.step(x, state)
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="only the L=1024 shape")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for H, N, L in QUICK_SHAPES if args.quick else SHAPES:
+        torch.manual_seed(0)
+        steps = {name: make_step(name, H, N, L) for name in [FLOOR, *LAYERS]}
+        times, ratios = interleaved(steps, args.repeats)
+        del steps
+        for name in [FLOOR, *LAYERS]:
+            mem = peak_memory_mb("layers", name, H, N, L)
+            target, verdict = "", ""
+            if (name, (H, N, L)) in TARGETS:
+                max_ratio, max_mb = TARGETS[name, (H, N, L)]
+                target = f"<= {max_ratio:g}x, < {max_mb / 1024:.2g} GB"
+                verdict = "met" if ratios[name] <= max_ratio and mem < max_mb else "MISSED"
+            rows.append(f"| {name} | {H} | {N} | {L} | {times[name]:.3f} | {ratios[name]:.2f} | {mem:.0f} | {target} | {verdict} |")
+            print(rows[-1], flush=True)
+    step_rows = []
+    for name in LAYERS:
+        layer = LAYERS[name](128, 64).eval()
+        for batch in (1, 64):
+            ms = step_latency_ms(layer, batch)
+            target = STEP_TARGETS.get((name, batch))
+            verdict = "" if target is None else ("met" if ms <= target else "MISSED")
+            step_rows.append(f"| {name} | {batch} | {ms:.3f} | {'' if target is None else f'<= {target:g}'} | {verdict} |")
+            print(step_rows[-1], flush=True)
+    table = "\n".join(
+        [
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward + backward at batch {BATCH}, "
+            f"median of {args.repeats}.",
+            "",
+            "| layer | H | N | L | fwd+bwd (s) | ratio to floor | peak MB | target | |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Recurrent step, H=128, N=64, inference mode, median of 1000 steps:",
+            "",
+            "| layer | batch | step (ms) | target (ms) | |",
+            "|---|---|---|---|---|",
+            *step_rows,
+        ]
+    )
+    print("\n" + table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
