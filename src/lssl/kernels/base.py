@@ -45,6 +45,22 @@ class DiscreteSSM(NamedTuple):
     C: Tensor  # (C, H, N)
 
 
+def register(module: nn.Module, name: str, tensor: Tensor, learn: bool = True, lr: float | None = None) -> None:
+    """Register an SSM tensor on `module`: a parameter with optimizer hints `_optim` (its own
+    learning rate `lr`, None for the global one, and no weight decay), or a buffer if not
+    `learn`. Complex tensors are stored as real views (..., 2). The tensor is copied, so
+    expanded inputs become independent entries."""
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    tensor = tensor.detach().clone().contiguous()
+    if learn:
+        param = nn.Parameter(tensor)
+        param._optim = {"lr": lr, "weight_decay": 0.0}
+        module.register_parameter(name, param)
+    else:
+        module.register_buffer(name, tensor)
+
+
 def full(x: Tensor) -> Tensor:
     """The full conjugate-symmetric vector concat(x, conj(x)) along the last dim, (..., N/2) ->
     (..., N), from the N/2 stored modes of a conjugate-pair kernel."""
@@ -156,13 +172,13 @@ class DiagonalRecurrence:
         return y.permute(1, 2, 0), _complex(x)
 
 
-def _block_split(L: int) -> tuple[int, int]:
+def block_split(L: int) -> tuple[int, int]:
     """Block length T (the power of two nearest sqrt(L)) and block count J = ceil(L / T)."""
     T = 2 ** max(0, round(math.log2(math.sqrt(L))))
     return T, -(-L // T)
 
 
-def _doubling(M: Tensor, X: Tensor, count: int) -> tuple[Tensor, Tensor]:
+def doubling(M: Tensor, X: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """The columns M^i x, i < count, by repeated squaring (spec A.5).
 
     Args:
@@ -188,10 +204,10 @@ def dense_response(A: Tensor, C: Tensor, x0: Tensor, L: int) -> Tensor:
     Returns:
         (B, C, H, L) real.
     """
-    T, J = _block_split(L)
-    right, A_T = _doubling(A, A @ x0[..., None], T)  # (B, H, N, T), A^T
+    T, J = block_split(L)
+    right, A_T = doubling(A, A @ x0[..., None], T)  # (B, H, N, T), A^T
     # The last squaring inside the left doubling is never used; it costs one N^3 product.
-    left, _ = _doubling(A_T.mT, C[..., None], J)  # (C, H, N, J): columns (C A^{jT})^T
+    left, _ = doubling(A_T.mT, C[..., None], J)  # (C, H, N, J): columns (C A^{jT})^T
     y = (left.mT[None] @ right[:, None]).flatten(-2)[..., :L]  # (B, C, H, L)
     return y.real if y.is_complex() else y
 
@@ -210,9 +226,9 @@ def dense_final_state(A: Tensor, B: Tensor, u: Tensor, x0: Tensor | None = None)
         (B, H, N), of A's dtype.
     """
     L = u.shape[1]
-    T, J = _block_split(L)
+    T, J = block_split(L)
     u_rev = torch.nn.functional.pad(u.flip(1).transpose(1, 2), (0, J * T - L))  # (B, H, J T)
-    right, M = _doubling(A, B[..., None], T)  # (H, N, T), A^T
+    right, M = doubling(A, B[..., None], T)  # (H, N, T), A^T
     W = torch.einsum("hnt,bhjt->bhjn", right, u_rev.unflatten(-1, (J, T)).to(right.dtype))  # (B, H, J, N)
     while W.shape[2] > 1:
         if W.shape[2] % 2:
@@ -278,18 +294,8 @@ class SSMKernel(nn.Module):
         self.register("log_dt", log_dt, learn=learn_dt, lr=lr_dt)
 
     def register(self, name: str, tensor: Tensor, learn: bool = True, lr: float | None = None) -> None:
-        """Register an SSM tensor: a parameter with optimizer hints `_optim` (its own learning
-        rate `lr`, None for the global one, and no weight decay), or a buffer if not `learn`.
-        Complex tensors are stored as real views (..., 2); read them with `self.complex(name)`."""
-        if tensor.is_complex():
-            tensor = torch.view_as_real(tensor)
-        tensor = tensor.detach().clone().contiguous()
-        if learn:
-            param = nn.Parameter(tensor)
-            param._optim = {"lr": lr, "weight_decay": 0.0}
-            self.register_parameter(name, param)
-        else:
-            self.register_buffer(name, tensor)
+        """`register` on this kernel; read complex tensors back with `self.complex(name)`."""
+        register(self, name, tensor, learn, lr)
 
     def complex(self, name: str) -> Tensor:
         """A complex tensor stored as a real view by `register`."""

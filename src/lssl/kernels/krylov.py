@@ -16,34 +16,14 @@ O(H N (N log L + sqrt(L))) memory instead of O(H N L).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import discretize
 from .._checks import check_choice, check_length
-from .base import DiscreteSSM, SSMKernel
+from .base import DiscreteSSM, SSMKernel, block_split, doubling
 from .transition import TRANSITIONS, DenseTransition
 
 Tensor = torch.Tensor
-
-
-def _doubling(M: Tensor, X: Tensor, count: int, right: bool) -> tuple[Tensor, Tensor]:
-    """Stack `count` vectors M^i x (right) or x M^i (left) by repeated squaring.
-
-    Args:
-        M: (H, N, N). X: (..., H, N, 1) column (right) or (..., H, 1, N) row (left).
-    Returns:
-        the stack, (..., H, N, count) or (..., H, count, N), and M^(2^k) for the first 2^k >= count
-        (the power that would extend the stack next).
-    """
-    dim = -1 if right else -2
-    while X.shape[dim] < count:
-        need = min(X.shape[dim], count - X.shape[dim])
-        grown = M @ X[..., :need] if right else X[..., :need, :] @ M
-        X = torch.cat([X, grown], dim=dim)
-        M = M @ M
-    return X, M
 
 
 def krylov_kernel(A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
@@ -54,13 +34,12 @@ def krylov_kernel(A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
     Returns:
         K (C, H, L).
     """
-    T = 2 ** max(0, round(math.log2(math.sqrt(L))))
-    J = -(-L // T)
-    right, A_T = _doubling(A, B[..., None], T, right=True)  # (H, N, T), A^T
-    # The last squaring inside the left doubling is never used; it costs one N^3 product.
-    left, _ = _doubling(A_T, C[..., None, :], J, right=False)  # (C, H, J, N)
-    K = left @ right  # (C, H, J, T)
-    return K.flatten(-2)[..., :L]
+    T, J = block_split(L)
+    right, A_T = doubling(A, B[..., None], T)  # (H, N, T), A^T
+    # The left vectors (C A^{jT})^T are the columns of (A^T)^T's Krylov matrix on C^T. The last
+    # squaring inside this doubling is never used; it costs one N^3 product.
+    left, _ = doubling(A_T.mT, C[..., None], J)  # (C, H, N, J)
+    return (left.mT @ right).flatten(-2)[..., :L]  # (C, H, J, T) -> (C, H, L)
 
 
 DISCRETIZATIONS = tuple(discretize.DENSE)

@@ -43,22 +43,10 @@ from torch import nn
 from .. import hippo
 from .._checks import check_choice, check_length
 from ..ops.linalg import solve
+from .base import register
 
 Tensor = torch.Tensor
 _F64 = torch.float64
-
-
-def register(module: nn.Module, name: str, tensor: Tensor, learn: bool = True, lr: float | None = None) -> None:
-    """Register a real tensor on `module`: a parameter with optimizer hints `_optim` (its own
-    learning rate `lr`, None for the global one, and no weight decay), or a buffer if not
-    `learn`. The tensor is copied, so expanded inputs become independent entries."""
-    tensor = tensor.detach().clone().contiguous()
-    if learn:
-        param = nn.Parameter(tensor)
-        param._optim = {"lr": lr, "weight_decay": 0.0}
-        module.register_parameter(name, param)
-    else:
-        module.register_buffer(name, tensor)
 
 
 class TriD(NamedTuple):
