@@ -14,13 +14,6 @@ from .helpers import assert_close, grads, rel_err
 F64 = torch.float64
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _set_dt(k, dt):
     with torch.no_grad():

@@ -15,13 +15,6 @@ F64 = torch.float64
 SSM_PARAMS = ("log_dt", "log_neg_re", "lam_im", "P", "B")
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _kernel(**kw):
     args = dict(d_model=4, d_state=8, channels=2, dt_min=1e-2, dt_max=1e-1)

@@ -11,13 +11,6 @@ from .helpers import assert_close, grads
 F64 = torch.float64
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _stable(H, N):
     A = torch.randn(H, N, N, dtype=F64)

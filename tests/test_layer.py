@@ -12,13 +12,6 @@ from .helpers import assert_close
 F64 = torch.float64
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 H = 4
 

@@ -9,13 +9,6 @@ from .helpers import assert_close
 F64 = torch.float64
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _model(**kw):
     args = dict(d_input=3, d_output=5, d_model=8, n_layers=2, layer="s4d", layer_args={"d_state": 8})

@@ -34,13 +34,6 @@ KERNELS = {
 }
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _kernel(name, L, rate):
     """A kernel whose forward has run at (L, rate), so a DPLR kernel's C~ is set up for it."""

@@ -24,13 +24,6 @@ HINT = {"lr": 1e-4, "weight_decay": 0.0}
 SIZES = [1, 2, 3, 8, 64, 200]
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    yield
-    torch.set_default_dtype(old)
-
 
 @pytest.mark.parametrize("N", SIZES)
 @pytest.mark.parametrize("measure", list(TRID_INITS))
