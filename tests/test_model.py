@@ -66,7 +66,7 @@ def test_model_step_equals_forward(f64, layer, norm):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown layer 'mamba'; known: 'lssl', 's4', 's4d'"):
+    with pytest.raises(ValueError, match="unknown layer 'mamba'; known: 'lssl', 's4', 's4d', 'liquid-s4'"):
         _model(layer="mamba")
     with pytest.raises(ValueError, match="unknown pooling"):
         _model(pooling="max")

@@ -11,16 +11,18 @@ Inputs and outputs are (B, L, H); (B, H, L) exists only around the FFT convoluti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_finite, check_positive
 from .kernels.base import SSMKernel
+from .kernels.diag import INITS as DIAG_INITS
 from .kernels.diag import DiagKernel
 from .kernels.dplr import DPLRKernel
 from .kernels.krylov import KrylovKernel
+from .kernels.liquid import OFFICIAL_TERMS, TERMS, KernelB, PolyB, check_degree
 from .ops.fftconv import fftconv
 
 Tensor = torch.Tensor
@@ -131,12 +133,16 @@ class SSMLayer(nn.Module):
         return self.kernel.default_state(batch)
 
     def _recurrence(self, rate: float):
-        """The kernel's discrete system for stepping, rebuilt when any SSM tensor changed."""
+        """The system for stepping (`_build_recurrence`), rebuilt when any SSM tensor changed."""
         tensors = [*self.kernel.parameters(), *self.kernel.buffers()]
         key = (rate, torch.is_grad_enabled(), *((t.data_ptr(), t._version) for t in tensors))
         if self._recurrence_cache is None or self._recurrence_cache[0] != key:
-            self._recurrence_cache = (key, self.kernel.recurrence(rate))
+            self._recurrence_cache = (key, self._build_recurrence(rate))
         return self._recurrence_cache[1]
+
+    def _build_recurrence(self, rate: float) -> Any:
+        """The kernel's discrete system at step dt * rate (`SSMKernel.recurrence`)."""
+        return self.kernel.recurrence(rate)
 
     def step(self, x: Tensor, state: Tensor, rate: float = 1.0) -> tuple[Tensor, Tensor]:
         """Recurrent view: one sample.
@@ -271,4 +277,196 @@ class S4D(SSMLayer):
         super().__init__(kernel, activation=activation, dropout=dropout, mix=mix, bidirectional=bidirectional)
 
 
-LAYERS: dict[str, type[SSMLayer]] = {"lssl": LSSL, "s4": S4, "s4d": S4D}
+class LiquidState(NamedTuple):
+    """The state of a Liquid-S4 layer: the SSM state (B, H, S) and the liquid memory (B, H, M)
+    (KB: the running e_1 .. e_{P-1} of the past inputs; PB: the last max(W_p) - 1 inputs)."""
+
+    ssm: Tensor
+    memory: Tensor
+
+
+class LiquidRecurrence(NamedTuple):
+    """What a Liquid-S4 step needs: the kernel's recurrence, s = 1^T B_bar (H,) and
+    K_0 = Re(C B_bar) (1, C, H)."""
+
+    ssm: Any
+    s: Tensor
+    K0: Tensor
+
+
+LIQUID_KERNELS = ("dplr", "diag")
+LIQUID_COMPAT = ("official",)
+
+
+class LiquidS4(SSMLayer):
+    """Liquid-S4 (Hasani et al., ICLR 2023): an S4 layer plus the input-correlation terms of the
+    linearised liquid time-constant SSM x_k = A_bar x_{k-1} + B_bar u_k (1 + 1^T x_{k-1}) up to
+    order `degree`, in the paper's simplified KB or PB form (`kernels/liquid.py`): causal,
+    differentiable in every SSM parameter, with rate, state passing and a recurrent step.
+
+    Args:
+        d_model: H. d_state: N (even).
+        degree: P >= 1, the highest order of input products; 1 is plain S4, bit for bit.
+            Settable after construction (`layer.degree = 3`); make new states then.
+        liquid: 'pb' (powers of B over a causal window; the paper's recommended kernel) or 'kb'
+            (the S4 kernel times powers of s over the whole past).
+        window: PB only: the window W in samples for every order, or None for the official rule
+            W_p = min{n : binom(n, p) >= l}, l = l_max or else the first input's length (then
+            fixed, so chunks, steps and whole sequences agree).
+        liquid_compat: None, or 'official' to reproduce the published code's non-causal terms
+            (spec C.4: frozen initial parameters, time-reversed correlations of the last n_p
+            steps, s^(2^(p-1) - 1), the mismatched KB frequency grids), for comparison with
+            published numbers only: no state, no step, no gradient to the SSM from PB.
+        kernel: 'dplr' (S4, A = Lambda - P P^*) or 'diag' (S4D, bilinear).
+        measure: the initial A: a HiPPO measure for 'dplr', an S4D init ('legs', 'inv', 'lin',
+            'real') for 'diag'.
+        channels, n_ssm, learn, lr, learn_dt, lr_dt, dt_min, dt_max, l_max, activation, dropout,
+        mix, bidirectional: as in `S4` (l_max also sets the default PB window length).
+    Input and output (B, L, H); the state is a `LiquidState`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        degree: int = 2,
+        liquid: str = "pb",
+        window: int | None = None,
+        liquid_compat: str | None = None,
+        kernel: str = "dplr",
+        measure: str = "legs",
+        channels: int = 1,
+        n_ssm: int | None = None,
+        learn: bool = True,
+        lr: float | None = 1e-3,
+        learn_dt: bool = True,
+        lr_dt: float | None = 1e-3,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        l_max: int | None = None,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        mix: str = "glu",
+        bidirectional: bool = False,
+    ):
+        check_degree(degree)
+        check_choice("liquid", liquid, TERMS)
+        check_choice("kernel", kernel, LIQUID_KERNELS)
+        if liquid_compat is not None:
+            check_choice("liquid_compat", liquid_compat, LIQUID_COMPAT)
+        if window is not None and (liquid != "pb" or liquid_compat is not None):
+            raise ValueError("window applies to the causal PB term only (liquid='pb', liquid_compat=None)")
+        common = dict(
+            channels=channels * (2 if bidirectional else 1), n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
+            learn_dt=learn_dt, lr_dt=lr_dt, learn=learn, lr=lr,
+        )
+        if kernel == "dplr":
+            ssm = DPLRKernel(d_model, d_state, measure=measure, l_max=l_max, **common)
+        else:
+            check_choice("measure", measure, DIAG_INITS)
+            ssm = DiagKernel(d_model, d_state, init=measure, disc="bilinear", **common)
+        super().__init__(ssm, activation=activation, dropout=dropout, mix=mix, bidirectional=bidirectional)
+        if liquid_compat is not None:
+            lam, B = ssm.modes()
+            self.liquid = OFFICIAL_TERMS[liquid](degree, lam, B, ssm.complex("C"), ssm.log_dt)
+        elif liquid == "pb":
+            self.liquid = PolyB(degree, window)
+            if l_max is not None:
+                self.liquid.set_length(l_max)
+        else:
+            self.liquid = KernelB(degree)
+
+    @property
+    def degree(self) -> int:
+        """P, the highest order of input products (1: plain S4)."""
+        return self.liquid.degree
+
+    @degree.setter
+    def degree(self, degree: int) -> None:
+        self.liquid.degree = degree
+
+    def _check_state(self, state: Any, batch: int) -> None:
+        if not isinstance(state, LiquidState):
+            raise ValueError(f"state must be a LiquidState (from default_state, step or return_state=True), got {type(state).__name__}")
+        M = self.liquid.memory_size()
+        expected = (batch, self.d_model, M)
+        if tuple(state.memory.shape) != expected:
+            raise ValueError(
+                f"state.memory must have shape (B, H, M) = {expected} for degree {self.degree}, got "
+                f"{tuple(state.memory.shape)}; make a new state with default_state after changing degree"
+            )
+
+    def _check_causal(self) -> None:
+        if not self.liquid.causal:
+            raise ValueError(
+                "liquid_compat='official' has no recurrent view or state: the published code's liquid "
+                "terms are non-causal (its step drops them); use liquid_compat=None for a causal Liquid-S4"
+            )
+
+    def forward(
+        self, x: Tensor, state: LiquidState | None = None, return_state: bool = False, rate: float = 1.0
+    ) -> Tensor | tuple[Tensor, LiquidState]:
+        """Convolutional view; arguments and shapes as in `SSMLayer.forward`, with a `LiquidState`."""
+        check_input("x", x, self.d_model, 3)
+        if state is not None or return_state:
+            self._check_causal()
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        self.liquid.set_length(x.shape[1])
+        if self.degree == 1:
+            out = super().forward(x, None if state is None else state.ssm, return_state, rate)
+            if return_state:
+                y, ssm = out
+                return y, LiquidState(ssm, x.new_zeros(x.shape[0], self.d_model, 0))
+            return out
+        check_positive("rate", rate)
+        if self.bidirectional and (state is not None or return_state):
+            raise ValueError("a bidirectional layer has no state: it sees the future of every step")
+        L = x.shape[1]
+        u = x.transpose(1, 2)  # (B, H, L)
+        K = self.kernel(L, rate)  # (C or 2C, H, L)
+        s = self.kernel.input_sum(rate)  # (H,)
+        y, w, memory = self.liquid(u, K, s, None if state is None else state.memory, self.bidirectional)
+        if state is not None:
+            y = y + self.kernel.state_response(state.ssm, L, rate)
+        y = y + self.D[..., None] * u[:, None]  # (B, C, H, L)
+        out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
+        if return_state:
+            ssm = self.kernel.final_state(w.transpose(1, 2), None if state is None else state.ssm, rate)
+            return out, LiquidState(ssm, memory)
+        return out
+
+    def default_state(self, batch: int) -> LiquidState:
+        """The zero state: zero SSM state and an empty past."""
+        self._check_causal()
+        ssm = self.kernel.default_state(batch)
+        memory = self.kernel.log_dt.new_zeros(batch, self.d_model, self.liquid.memory_size())
+        return LiquidState(ssm, memory)
+
+    def _build_recurrence(self, rate: float) -> LiquidRecurrence:
+        """The kernel's recurrence with s and K_0 = Re(C B_bar), the output of one unit input from
+        the zero state, so that the PB term uses exactly the step's own C and B_bar."""
+        ssm = self.kernel.recurrence(rate)
+        ones = torch.ones(1, self.d_model, dtype=self.kernel.log_dt.dtype, device=self.kernel.log_dt.device)
+        K0, _ = ssm.step(ones, self.kernel.default_state(1))  # (1, C, H)
+        return LiquidRecurrence(ssm, self.kernel.input_sum(rate), K0)
+
+    def step(self, x: Tensor, state: LiquidState, rate: float = 1.0) -> tuple[Tensor, LiquidState]:
+        """Recurrent view: one sample, x (B, H) -> y (B, H), with the `LiquidState` before and after."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
+        self._check_causal()
+        check_input("x", x, self.d_model, 2)
+        self._check_state(state, x.shape[0])
+        system = self._recurrence(rate)
+        if self.degree == 1:
+            y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)
+            return self._output(y + self.D * x[:, None]), LiquidState(ssm, state.memory)
+        w, z, memory = self.liquid.signals(x[..., None], system.s, state.memory)  # (B, H, 1) each
+        y, ssm = system.ssm.step(w[..., 0], state.ssm)  # (B, C, H)
+        if z is not None:
+            y = y + system.K0 * z[:, None, :, 0]
+        return self._output(y + self.D * x[:, None]), LiquidState(ssm, memory)
+
+
+LAYERS: dict[str, type[SSMLayer]] = {"lssl": LSSL, "s4": S4, "s4d": S4D, "liquid-s4": LiquidS4}

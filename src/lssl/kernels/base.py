@@ -316,6 +316,13 @@ class SSMKernel(nn.Module):
     def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def input_sum(self, rate: float = 1.0) -> Tensor:
+        """s = 1^T B_bar (H,) real, the sum of the discrete input vector over the full state at
+        step dt * rate (Liquid-S4's gain; `kernels/liquid.py`). Differentiable."""
+        _, B, _ = self.discrete(1, rate)
+        s = B.sum(-1)
+        return s.real if s.is_complex() else s
+
     def default_state(self, batch: int) -> Tensor:
         """The zero state x_{-1} (B, H, S): here S = N, real, of the parameters' dtype."""
         check_length("batch", batch)

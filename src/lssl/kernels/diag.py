@@ -187,6 +187,18 @@ class DiagKernel(SSMKernel):
         C = torch.view_as_complex(self.C)
         return DiscreteSSM(torch.diag_embed(full(A_bar)), full(B_bar), full(C))
 
+    def modes(self) -> tuple[Tensor, Tensor]:
+        """Lambda (H, N/2) and B (H, N/2) per feature, complex."""
+        copies = self.d_model // self.n_ssm
+        return self.Lambda.repeat(copies, 1), self.complex("B").repeat(copies, 1)
+
+    def input_sum(self, rate: float = 1.0) -> Tensor:
+        """s = 1^T B_bar (H,) real over the full conjugate-symmetric state, 2 Re sum_n B_bar_n, at
+        step dt * rate."""
+        check_positive("rate", rate)
+        _, B_bar, _ = self._discretize(rate)
+        return 2 * B_bar.sum(-1).real
+
     def default_state(self, batch: int) -> Tensor:
         """The zero half state (B, H, N/2) complex (module docstring)."""
         check_length("batch", batch)

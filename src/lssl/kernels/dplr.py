@@ -324,6 +324,17 @@ class DPLRKernel(SSMKernel):
         lam, P, B = self._ssm()
         return bilinear_dplr(lam, P, B, self.dt * rate)
 
+    def modes(self) -> tuple[Tensor, Tensor]:
+        """The diagonal part Lambda (H, N/2) and B (H, N/2) of the half spectrum, complex."""
+        lam, _, B = self._ssm()
+        return lam, B
+
+    def input_sum(self, rate: float = 1.0) -> Tensor:
+        """s = 1^T B_bar (H,) real over the full conjugate-symmetric state, 2 Re sum_n b_n with the
+        bilinear B_bar of the whole A = Lambda - P P^* (`bilinear_dplr`) at step dt * rate."""
+        _, b, _, _ = self._step_system(rate)
+        return 2 * b.sum(-1).real
+
     def default_state(self, batch: int) -> Tensor:
         """The zero half state (B, H, N/2) complex (module docstring)."""
         check_length("batch", batch)

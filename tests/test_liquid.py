@@ -1,0 +1,575 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+import lssl
+from lssl import LiquidS4, LiquidState
+from lssl.kernels import liquid, reference
+from lssl.layer import S4, S4D
+
+from .helpers import assert_close, grads, rel_err
+
+H = 3
+KERNELS = ["dplr", "diag"]
+TERMS = ["pb", "kb"]
+SSM_PARAMS = {
+    "dplr": ["log_neg_re", "lam_im", "P", "B", "C", "log_dt"],
+    "diag": ["log_neg_re", "lam_im", "B", "C", "log_dt"],
+}
+
+
+def _layer(liquid_name="pb", kernel="dplr", degree=2, **kw):
+    """A layer whose SSM output is visible: no activation, no mixing, y (B, L, C H)."""
+    args = dict(d_state=6, mix="none", activation="identity", dt_min=0.05, dt_max=0.2)
+    return LiquidS4(H, degree=degree, liquid=liquid_name, kernel=kernel, **{**args, **kw})
+
+
+def _s4_part(layer, x):
+    """K * u + D u by the explicit-powers kernel and the direct convolution, (B, L, C, H)."""
+    L = x.shape[1]
+    A, B, C = layer.kernel.discrete(L)
+    K = reference.kernel(A, B, C, L)
+    return reference.causal_conv(x.transpose(1, 2), K).permute(0, 3, 1, 2) + layer.D * x[:, :, None]
+
+
+def _windows(layer):
+    return layer.liquid.windows() if isinstance(layer.liquid, liquid.PolyB) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracles
+
+
+def test_enumeration_of_exact_weights_is_the_recurrence(f64):
+    """The subset enumeration with the exact weights, up to order L, plus the S4 part equals the
+    liquid recurrence run step by step: the oracles agree with each other."""
+    layer = _layer(degree=2)
+    L = 7
+    x = 0.7 * torch.randn(2, L, H)
+    A, B, C = layer.kernel.discrete(L)
+    y_rec, _ = reference.liquid_recurrence(A, B, C, layer.D, x)
+    y_enum = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, L, "exact")
+    assert_close(y_enum, y_rec)
+
+
+def test_elementary_reference_against_expansion(f64):
+    x = torch.randn(5, 6)
+    e = reference.elementary(x, 4)
+    for q in range(5):
+        expected = sum(math.prod(x[:, i] for i in S) for S in itertools.combinations(range(6), q))
+        assert_close(e[q], expected * torch.ones(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Correctness of the fast terms
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_equals_brute_force_enumeration(f64, kernel, term, degree):
+    """KB and PB equal the sum over every index subset of their weights, L = 9 (the default PB
+    windows, W = 5, 5, 6, are shorter than L)."""
+    layer = _layer(term, kernel, degree)
+    L = 9
+    x = torch.randn(2, L, H)
+    y = layer(x)
+    A, B, C = layer.kernel.discrete(L)
+    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, degree, term, _windows(layer))
+    assert_close(y, expected.flatten(-2))
+
+
+@pytest.mark.parametrize("window", [2, 3, 20])
+def test_pb_explicit_window_equals_enumeration(f64, window):
+    layer = _layer("pb", degree=2, window=window)
+    x = torch.randn(2, 8, H)
+    A, B, C = layer.kernel.discrete(8)
+    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, 2, "pb", [window])
+    assert_close(layer(x), expected.flatten(-2))
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_channels_and_rate_equal_enumeration(f64, term):
+    """Two channels per feature and rate = 2 (K and s at step 2 dt) against the oracle built from
+    the discrete system at that rate."""
+    layer = _layer(term, degree=3, channels=2)
+    x = torch.randn(2, 8, H)
+    y = layer(x, rate=2.0)
+    A, B, C = layer.kernel.discrete(8, rate=2.0)
+    K = reference.kernel(A, B, C, 8)
+    s4 = reference.causal_conv(x.transpose(1, 2), K).permute(0, 3, 1, 2) + layer.D * x[:, :, None]
+    expected = s4 + reference.liquid_enumeration(A, B, C, x, 3, term, _windows(layer))
+    assert_close(y, expected.flatten(-2))
+
+
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("L", [1, 2, 3, 4])
+def test_short_sequences(f64, term, L):
+    """L <= 4 (where the published code crashes) works and equals the enumeration."""
+    layer = _layer(term, degree=3)
+    x = torch.randn(2, L, H)
+    y = layer(x)
+    A, B, C = layer.kernel.discrete(L)
+    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, 3, term, _windows(layer))
+    assert_close(y, expected.flatten(-2))
+
+
+@pytest.mark.parametrize("kernel, cls, kw", [("dplr", S4, {}), ("diag", S4D, {"disc": "bilinear"})])
+def test_degree_one_is_plain_s4_bit_for_bit(kernel, cls, kw):
+    for term in TERMS:
+        torch.manual_seed(3)
+        plain = cls(H, d_state=8, **kw)
+        torch.manual_seed(3)
+        layer = LiquidS4(H, d_state=8, degree=1, liquid=term, kernel=kernel)
+        x = torch.randn(2, 20, H)
+        assert torch.equal(layer(x), plain(x))
+        assert torch.equal(layer(x, rate=2.0), plain(x, rate=2.0))
+        y, state = layer(x, return_state=True)
+        y_plain, state_plain = plain(x, return_state=True)
+        assert torch.equal(y, y_plain) and torch.equal(state.ssm, state_plain)
+        y, state = layer.step(x[:, 0], layer.default_state(2))
+        y_plain, state_plain = plain.step(x[:, 0], plain.default_state(2))
+        assert torch.equal(y, y_plain) and torch.equal(state.ssm, state_plain)
+        y.sum().backward()
+        y_plain.sum().backward()
+        for (name, p), q in zip(layer.named_parameters(), plain.parameters()):
+            assert torch.equal(p.grad, q.grad), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure: causality, homogeneity, views
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("term", TERMS)
+def test_causality(f64, kernel, term):
+    layer = _layer(term, kernel, degree=3)
+    x = torch.randn(2, 60, H)
+    x2 = x.clone()
+    x2[:, 40] += 1.0
+    d = layer(x2) - layer(x)
+    assert d[:, :40].abs().max() < 1e-12
+    assert d[:, 40:].abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("p", [2, 3, 4])
+def test_order_p_term_is_homogeneous_of_degree_p(f64, term, p):
+    """Spec E15(c): the order-p term (output at degree p minus output at degree p - 1) scales by
+    alpha^p when u scales by alpha."""
+    layer = _layer(term, degree=p)
+    x = torch.randn(2, 30, H)
+    alpha = 1.7
+
+    def order_p(u):
+        layer.degree = p
+        y = layer(u)
+        layer.degree = p - 1
+        return y - layer(u)
+
+    corr = order_p(x)
+    assert corr.abs().max() > 1e-6
+    assert_close(order_p(alpha * x), alpha**p * corr)
+
+
+def test_pb_term_vanishes_off_the_window(f64):
+    """Spec E15(d), causal form: the PB term at time k only sees the last W_p samples."""
+    layer = _layer("pb", degree=2, window=4)
+    plain = _layer("pb", degree=1)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 20, H)
+    x[:, 10:14] = 0  # the windows ending at 13 hold zeros only ...
+    d = layer(x) - plain(x)
+    assert d[:, 13].abs().max() < 1e-14
+    assert d[:, 12].abs().max() < 1e-14 and d[:, 15].abs().max() > 1e-6  # ... and one sample is not a product
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("term", TERMS)
+def test_step_loop_equals_forward(f64, kernel, term):
+    layer = _layer(term, kernel, degree=3, mix="glu", activation="gelu")
+    x = torch.randn(3, 40, H)
+    y = layer(x, rate=1.5)
+    state = layer.default_state(3)
+    ys = []
+    for t in range(40):
+        y_t, state = layer.step(x[:, t], state, rate=1.5)
+        ys.append(y_t)
+    assert_close(torch.stack(ys, 1), y)
+    _, final = layer(x, return_state=True, rate=1.5)
+    assert_close(state.ssm, final.ssm)
+    assert_close(state.memory, final.memory)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("term", TERMS)
+def test_chunked_with_state_equals_whole(f64, kernel, term):
+    layer = _layer(term, kernel, degree=3, l_max=48)
+    x = torch.randn(2, 48, H)
+    y, final = layer(x, return_state=True)
+    y1, s = layer(x[:, :17], return_state=True)
+    y2, s = layer(x[:, 17:20], state=s, return_state=True)  # a chunk shorter than the PB window
+    y3, s = layer(x[:, 20:], state=s, return_state=True)
+    assert_close(torch.cat([y1, y2, y3], 1), y)
+    assert_close(s.ssm, final.ssm)
+    assert_close(s.memory, final.memory)
+    # ... and a state from stepping continues the convolution.
+    s = layer.default_state(2)
+    for t in range(20):
+        _, s = layer.step(x[:, t], s)
+    assert_close(layer(x[:, 20:], state=s), y[:, 20:])
+
+
+def test_bidirectional(f64):
+    """The backward half is the same causal term on the reversed sequence."""
+    for term in TERMS:
+        layer = _layer(term, degree=2, bidirectional=True)
+        forward = _layer(term, degree=2)
+        x = torch.randn(2, 12, H)
+        sd = layer.state_dict()
+        C_fwd, C_bwd = sd["kernel.C"].chunk(2, dim=0)
+        sd_fwd = {**sd, "kernel.C": C_fwd}
+        forward.load_state_dict(sd_fwd)
+        y = layer(x)
+        part_fwd = forward(x) - forward.D.flatten() * x.repeat(1, 1, 1)
+        forward.load_state_dict({**sd, "kernel.C": C_bwd})
+        part_bwd = (forward(x.flip(1)) - forward.D.flatten() * x.flip(1)).flip(1)
+        assert_close(y, part_fwd + part_bwd + layer.D.flatten() * x)
+        with pytest.raises(ValueError, match="no recurrent view"):
+            layer.step(x[:, 0], None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("term", TERMS)
+def test_liquid_term_gradients_reach_every_ssm_parameter(f64, kernel, term):
+    layer = _layer(term, kernel, degree=3)
+    x = torch.randn(2, 24, H)
+    y = layer(x)
+    layer.degree = 1
+    corr = y - layer(x)  # the liquid terms alone
+    params = {name: getattr(layer.kernel, name) for name in SSM_PARAMS[kernel]}
+    g = grads((corr * torch.randn_like(corr)).sum(), params)
+    for name, grad in g.items():
+        assert grad.abs().max() > 1e-8, name
+
+
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("degree", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_gradients(term, degree, dtype):
+    """Spec E18: N(0, 1) inputs, B = 2, L = 64: every parameter gets a finite gradient."""
+    layer = LiquidS4(4, d_state=8, degree=degree, liquid=term).to(dtype)
+    y = layer(torch.randn(2, 64, 4, dtype=dtype))
+    assert y.dtype == dtype
+    y.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_gradients_match_the_oracle(f64, term):
+    """d(loss)/d(input) through the fast term equals that through the enumeration oracle."""
+    layer = _layer(term, degree=3)
+    x = torch.randn(1, 7, H, requires_grad=True)
+    G = torch.randn(1, 7, H)
+    (gx,) = torch.autograd.grad((layer(x) * G).sum(), x)
+    A, B, C = (t.detach() for t in layer.kernel.discrete(7))
+    y_ref = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, 3, term, _windows(layer))
+    (gx_ref,) = torch.autograd.grad((y_ref.flatten(-2) * G).sum(), x)
+    assert_close(gx, gx_ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# KB against the exact recurrence
+
+
+def test_exact_recurrence_agrees_with_kb_to_first_order(f64):
+    """For u = eps v, the exact liquid recurrence and KB share the order-1 (S4) term exactly and
+    differ from order 2 on, by the inner gaps A_bar^g versus I: the relative difference is
+    O(eps), and measured to fall 10x per 10x smaller eps (slope 1 within 2%)."""
+    layer = _layer("kb", degree=6)
+    L = 12
+    v = torch.randn(2, L, H)
+    A, B, C = layer.kernel.discrete(L)
+    errs = []
+    for eps in (1e-2, 1e-3, 1e-4):
+        y_exact, _ = reference.liquid_recurrence(A, B, C, layer.D, eps * v)
+        errs.append(rel_err(layer(eps * v), y_exact.flatten(-2)))
+    assert errs[0] < 0.05, errs
+    for a, b in zip(errs, errs[1:]):
+        assert 9.8 < a / b < 10.2, errs
+
+
+def test_kb_order_two_approaches_exact_as_dt_shrinks(f64):
+    """The order-2 coefficients: exact weight C A^{k-j} B (1^T A^{j-i-1} B) versus KB's
+    C A^{k-j} B s differ by 1^T (A^g - I) B = O(dt g): 10x smaller dt, ~10x closer."""
+    L = 10
+    v = torch.randn(1, L, H)
+    errs = []
+    for dt in (1e-4, 1e-5):
+        layer = _layer("kb", degree=2, dt_min=dt, dt_max=dt)
+        A, B, C = layer.kernel.discrete(L)
+        exact = reference.liquid_enumeration(A, B, C, v, 2, "exact")
+        kb = reference.liquid_enumeration(A, B, C, v, 2, "kb")
+        errs.append(rel_err(kb, exact))
+    assert 8 < errs[0] / errs[1] < 12, errs
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementary symmetric polynomials: stability at long L
+
+
+def _hard_inputs(L):
+    """(4, 2, L): centred, positive, offset (3 + small noise) and heavy-tailed (Student t, 2
+    degrees of freedom) float32 inputs."""
+    g = torch.Generator().manual_seed(1)
+    return torch.stack([
+        torch.randn(2, L, generator=g),
+        torch.rand(2, L, generator=g),
+        3.0 + 0.1 * torch.randn(2, L, generator=g),
+        torch.distributions.StudentT(2.0).sample((2, L)),
+    ])
+
+
+@pytest.mark.slow
+def test_pb_signal_is_stable_at_long_length():
+    """PB's windowed e_p (float32 in and out, power sums and Newton's identities in float64) at
+    L = 16000 with the default windows, against the float64 sequential recurrence over every
+    window: the error is float32 rounding, also for heavy tails, where float32 power sums lose
+    the cancelling outliers' digits (measured 3.5e-5 at p = 3)."""
+    L = 16000
+    x = _hard_inputs(L)
+    windows = [liquid.default_window(L, p) for p in (2, 3, 4)]
+    expected = 0
+    for p, W in zip((2, 3, 4), windows):
+        padded = torch.nn.functional.pad(x.double(), (W - 1, 0)).unfold(-1, W, 1)  # (..., L, W)
+        expected = expected + reference.elementary(padded, p)[p]
+    z, _ = liquid.pb_signal(x, torch.ones(2), windows)
+    assert z.dtype == torch.float32
+    for kind in range(4):
+        assert rel_err(z[kind].double(), expected[kind]) < 2e-6, kind
+
+
+def test_kb_signal_is_stable_at_long_length():
+    """KB's prefix e_q (float32 in and out) at L = 16000 against the float64 running recurrence."""
+    L = 16000
+    x = _hard_inputs(L)
+    s = torch.full((2,), 0.5)
+    w, memory = liquid.kb_signal(x, s, 4)
+    e = [torch.ones(4, 2, dtype=torch.float64)] + [torch.zeros(4, 2, dtype=torch.float64)] * 3
+    gain = []
+    xd = x.double()
+    for i in range(L):
+        gain.append(1 + 0.5 * e[1] + 0.25 * e[2] + 0.125 * e[3])
+        e = [e[0], e[1] + xd[..., i], e[2] + xd[..., i] * e[1], e[3] + xd[..., i] * e[2]]
+    expected = xd * torch.stack(gain, -1)
+    for kind in range(4):
+        assert rel_err(w[kind].double(), expected[kind]) < 2e-6, kind
+        assert rel_err(memory[kind].double(), torch.stack(e[1:], -1)[kind]) < 2e-6, kind
+
+
+def test_window_sums_against_direct_sums(f64):
+    x = torch.randn(2, 50)
+    for W in (1, 3, 7, 50, 80):
+        expected = torch.stack([x[:, max(0, k - W + 1) : k + 1].sum(-1) for k in range(50)], -1)
+        assert_close(liquid.window_sums(x, W), expected)
+
+
+def test_default_window_rule():
+    """The official rule (spec C.4 table) where the official code has one; ours also for L <= 4."""
+    assert [liquid.default_window(1024, p) for p in (2, 3, 4)] == [46, 20, 15]
+    assert [liquid.default_window(16000, p) for p in (2, 3, 4)] == [180, 47, 27]
+    assert [liquid.default_window(L, 2) for L in (1, 2, 3, 4)] == [2, 3, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# The published code's terms
+
+
+def _compat(term, degree, **kw):
+    return _layer(term, degree=degree, liquid_compat="official", **kw)
+
+
+def _official_B_bar(layer):
+    lam, B = layer.kernel.modes()
+    lam, B = torch.cat([lam, lam.conj()], -1), torch.cat([B, B.conj()], -1)
+    dt = layer.kernel.dt[:, None]
+    B_bar = dt * B / (1 - dt * lam / 2)
+    return B_bar, B_bar.sum(-1)
+
+
+def _official_v(x, p):
+    """v_p by itertools: the last L p-subsets of the final n_p steps."""
+    L = x.shape[1]
+    n = next(n for n in range(2, L) if math.comb(n, p) >= L)
+    subsets = list(itertools.combinations(range(L - n, L), p))[-L:]
+    return torch.stack([math.prod(x[:, i] for i in S) for S in subsets], 1)  # (B, L, H)
+
+
+def test_official_indices_match_the_spec_table():
+    idx = liquid.official_indices(1024, 2)
+    assert idx.shape == (1024, 2)
+    assert idx[0].tolist() == [978, 990] and idx[-1].tolist() == [1022, 1023]
+    assert [liquid.official_window(L, 2) for L in (1024, 4096, 16000)] == [46, 92, 180]
+    assert [liquid.official_window(L, 3) for L in (1024, 4096, 16000)] == [20, 31, 47]
+    assert [liquid.official_window(L, 4) for L in (1024, 4096, 16000)] == [15, 20, 27]
+
+
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_official_pb_closed_form(f64, degree):
+    """Spec E15(e): the term is sum_p c_p flip(v_p), c_p = Re sum_n C_n B_bar_n s^(2^(p-1) - 1),
+    with B_bar of the diagonal part of A only."""
+    layer = _compat("pb", degree)
+    plain = _compat("pb", 1)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 30, H)
+    C = layer.kernel.complex("C")
+    C = torch.cat([C, C.conj()], -1)  # the initial C: no kernel call has replaced it by C~ yet
+    B_bar, s = _official_B_bar(layer)
+    expected = 0
+    for p in range(2, degree + 1):
+        c = (C * B_bar * s[:, None] ** (2 ** (p - 1) - 1)).sum(-1).real  # (1, H)
+        expected = expected + c * _official_v(x, p).flip(1)
+    assert_close(layer(x) - plain(x), expected)
+
+
+def test_official_kb_closed_form_is_not_a_convolution(f64):
+    """Spec E15(f): the KB term is irfft_2L(rfft_2L(flip v_2) * fft_{L+1}(K s))[:L], which is not
+    the linear convolution (K s) * flip(v_2)."""
+    layer = _compat("kb", 2)
+    plain = _compat("kb", 1)
+    plain.load_state_dict(layer.state_dict())
+    L = 40
+    x = torch.randn(2, L, H)
+    term = layer(x) - plain(x)
+    K = layer.kernel(L)[0].detach()  # (H, L)
+    _, s = _official_B_bar(layer)
+    v = _official_v(x, 2).flip(1).transpose(1, 2)  # (B, H, L)
+    Y = torch.fft.rfft(v, n=2 * L) * torch.fft.fft(K * s[:, None], n=L + 1)
+    assert_close(term, torch.fft.irfft(Y, n=2 * L)[..., :L].transpose(1, 2))
+    conv = reference.causal_conv(v, (K * s.real[:, None])[None])[:, 0].transpose(1, 2)
+    assert rel_err(term, conv) > 0.1
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_official_is_non_causal_and_frozen(f64, term):
+    layer = _compat(term, 2)
+    x = torch.randn(2, 30, H)
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    assert (layer(x2) - layer(x))[:, 0].abs().max() > 1e-8  # y_0 depends on u_{L-1}
+    with pytest.raises(ValueError, match="no recurrent view or state"):
+        layer.default_state(2)
+    with pytest.raises(ValueError, match="no recurrent view or state"):
+        layer(x, return_state=True)
+
+
+def test_official_pb_gives_no_gradient_to_the_ssm(f64):
+    """Spec E18: the official PB term uses frozen copies of the parameters."""
+    layer = _compat("pb", 3)
+    x = torch.randn(2, 30, H)
+    y = layer(x)
+    layer.degree = 1
+    corr = y - layer(x)
+    params = {name: getattr(layer.kernel, name) for name in SSM_PARAMS["dplr"]}
+    g = grads((corr * torch.randn_like(corr)).sum(), params)
+    assert all(v.abs().max() == 0 for v in g.values())
+    assert corr.abs().max() > 1e-6
+
+
+def test_official_bidirectional_pb(f64):
+    layer = _compat("pb", 2, bidirectional=True)
+    plain = _compat("pb", 1, bidirectional=True)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 20, H)
+    C = layer.kernel.complex("C")
+    C = torch.cat([C, C.conj()], -1)
+    B_bar, s = _official_B_bar(layer)
+    c = (C * B_bar * s[:, None]).sum(-1).real  # (2, H): forward, backward
+    v = _official_v(x, 2)
+    assert_close(layer(x) - plain(x), c[0] * v.flip(1) + c[1] * v)
+
+
+def test_official_short_sequence_raises_clearly():
+    with pytest.raises(ValueError, match="no correlation window for L=4 at order 2"):
+        _compat("pb", 2)(torch.randn(1, 4, H))
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and errors
+
+
+def test_degree_change_after_a_forward_pass(f64):
+    """The published code raises IndexError here (stale index cache); ours equals a layer built
+    with the new degree."""
+    for term in TERMS:
+        layer = _layer(term, degree=2)
+        x = torch.randn(2, 30, H)
+        layer(x)
+        layer.degree = 4
+        fresh = _layer(term, degree=4)
+        fresh.load_state_dict(layer.state_dict())
+        assert_close(layer(x), fresh(x))
+    # KB's memory holds e_1 .. e_{P-1}: a state made for another degree is refused.
+    layer = _layer("kb", degree=2)
+    old = layer.default_state(2)
+    layer.degree = 3
+    with pytest.raises(ValueError, match=r"state.memory must have shape \(B, H, M\) = \(2, 3, 2\)"):
+        layer.step(torch.randn(2, H), old)
+
+
+def test_window_is_fixed_by_the_first_input_or_l_max():
+    layer = LiquidS4(H, d_state=4)
+    with pytest.raises(ValueError, match="window=None takes its windows from l_max"):
+        layer.default_state(1)
+    layer(torch.randn(1, 1024, H))
+    assert layer.liquid.windows() == [46]
+    layer(torch.randn(1, 16000 // 100, H))
+    assert layer.liquid.windows() == [46]
+    assert LiquidS4(H, d_state=4, degree=3, l_max=16000).liquid.windows() == [180, 47]
+    assert LiquidS4(H, d_state=4, degree=3, window=9).liquid.windows() == [9, 9]
+
+
+def test_registry_and_export():
+    assert lssl.LAYERS["liquid-s4"] is LiquidS4
+    model = lssl.SequenceModel(d_input=2, d_output=3, d_model=4, n_layers=2, layer="liquid-s4",
+                               layer_args={"d_state": 4, "degree": 3, "liquid": "kb"})
+    assert model(torch.randn(2, 10, 2)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(degree=0), "degree must be an int >= 1"),
+        (dict(degree=2.5), "degree must be an int >= 1"),
+        (dict(degree=True), "degree must be an int >= 1"),
+        (dict(liquid="polyb"), "unknown liquid 'polyb'; known: 'pb', 'kb'"),
+        (dict(kernel="nplr"), "unknown kernel 'nplr'; known: 'dplr', 'diag'"),
+        (dict(kernel="diag", measure="legt"), "unknown measure 'legt'"),
+        (dict(liquid_compat="paper"), "unknown liquid_compat 'paper'"),
+        (dict(window=0), "window must be a positive int"),
+        (dict(window=2, degree=3), "window must be >= degree"),
+        (dict(window=5, liquid="kb"), "window applies to the causal PB term only"),
+    ],
+)
+def test_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LiquidS4(H, d_state=4, **kw)
+
+
+def test_bad_degree_and_state_after_construction():
+    layer = LiquidS4(H, d_state=4, window=3)
+    with pytest.raises(ValueError, match="degree must be an int >= 1"):
+        layer.degree = 0
+    with pytest.raises(ValueError, match="window must be >= degree"):
+        layer.degree = 4
+    with pytest.raises(ValueError, match="state must be a LiquidState"):
+        layer.step(torch.randn(2, H), torch.zeros(2, H, 2))
+    state = layer.default_state(2)
+    assert isinstance(state, LiquidState) and state.memory.shape == (2, H, 2)
