@@ -374,11 +374,32 @@ def test_kb_signal_is_stable_at_long_length():
         assert rel_err(memory[kind].double(), torch.stack(e[1:], -1)[kind]) < 2e-6, kind
 
 
-def test_window_sums_against_direct_sums(f64):
+def test_window_sums_and_their_adjoints_against_direct_sums(f64):
     x = torch.randn(2, 50)
     for W in (1, 3, 7, 50, 80):
         expected = torch.stack([x[:, max(0, k - W + 1) : k + 1].sum(-1) for k in range(50)], -1)
-        assert_close(liquid.window_sums(x, W), expected)
+        assert_close(liquid.window_sums(x.cumsum(-1), W), expected)
+        expected = torch.stack([x[:, i : i + W].sum(-1) for i in range(50)], -1)
+        assert_close(liquid.reverse_window_sums(x, W), expected)
+    expected = torch.stack([x[:, i + 1 :].sum(-1) for i in range(50)], -1)
+    assert_close(liquid.reverse_exclusive_sums(x), expected)
+
+
+@pytest.mark.parametrize("windows", [(3,), (4, 4, 4), (5, 3, 2)])
+def test_window_polynomial_gradcheck(f64, windows):
+    """The analytic backward of the PB signal, against finite differences (float64)."""
+    x = torch.randn(2, 2, 9, requires_grad=True)
+    a = torch.randn(len(windows), 2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a: liquid.WindowPolynomial.apply(x, a, windows), (x, a))
+
+
+@pytest.mark.parametrize("Q, batch", [(1, 1), (3, 1), (3, 2)])
+def test_prefix_polynomial_gradcheck(f64, Q, batch):
+    """The analytic backward of the KB signal (output and chunk totals), against finite
+    differences (float64)."""
+    x = torch.randn(2, 2, 9, requires_grad=True)
+    c = torch.randn(Q + 1, batch, 2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, c: liquid.PrefixPolynomial.apply(x, c), (x, c))
 
 
 def test_default_window_rule():

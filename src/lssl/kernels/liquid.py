@@ -62,22 +62,23 @@ Tensor = torch.Tensor
 # Elementary symmetric polynomials of prefixes and windows
 
 
-def newton(power_sums: list[Tensor]) -> list[Tensor]:
+def newton(power_sums: list[Tensor]) -> list[Tensor | float]:
     """Elementary symmetric polynomials from power sums by Newton's identities,
     q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j.
 
     Args:
         power_sums: [p_1, ..., p_P], tensors of one shape.
     Returns:
-        [e_0, ..., e_P] (e_0 = 1 as a tensor of that shape).
+        [e_0, ..., e_P], e_0 = 1.0 (a number: no tensor of ones is built or multiplied). In place
+        on fresh tensors: not for use under autograd (the `Function`s below call it).
     """
-    e = [torch.ones_like(power_sums[0])]
-    for q in range(1, len(power_sums) + 1):
+    e: list[Tensor | float] = [1.0, power_sums[0]]
+    for q in range(2, len(power_sums) + 1):
         acc = e[q - 1] * power_sums[0]
-        for j in range(2, q + 1):
-            term = e[q - j] * power_sums[j - 1]
-            acc = acc - term if j % 2 == 0 else acc + term
-        e.append(acc / q)
+        for j in range(2, q):
+            acc.addcmul_(e[q - j], power_sums[j - 1], value=(-1) ** (j - 1))
+        acc.add_(power_sums[q - 1], alpha=(-1) ** (q - 1))
+        e.append(acc.div_(q))
     return e
 
 
@@ -89,40 +90,45 @@ def powers(x: Tensor, degree: int) -> list[Tensor]:
     return out
 
 
-def window_sums(x: Tensor, window: int) -> Tensor:
-    """Sums over the causal window of the last `window` samples, y_k = sum_{k-W < i <= k} x_i
-    (samples before the start count as zero), blockwise (module docstring).
+def window_sums(S: Tensor, window: int) -> Tensor:
+    """Sums over the causal window of the last W samples, y_k = sum_{k-W < i <= k} x_i (zeros
+    before the start), from the inclusive prefix sums S = cumsum(x): y_k = S_k - S_{k-W}.
 
     Args:
-        x: (..., L). window: W >= 1.
+        S: (..., n). window: W >= 1.
     Returns:
-        (..., L).
+        (..., n).
     """
-    L = x.shape[-1]
-    if window == 1:
-        return x
-    J = -(-L // window)
-    blocks = nn.functional.pad(x, (0, J * window - L)).unflatten(-1, (J, window))  # (..., J, W)
-    prefix = blocks.cumsum(-1)
-    suffix = prefix[..., -1:] - prefix  # sum of block positions i+1 .. W-1
-    previous = nn.functional.pad(suffix[..., :-1, :], (0, 0, 1, 0))  # block b-1's suffix, 0 for b = 0
-    return (prefix + previous).flatten(-2)[..., :L]
+    y = torch.empty_like(S)
+    y[..., :window] = S[..., :window]
+    torch.sub(S[..., window:], S[..., :-window], out=y[..., window:])
+    return y
 
 
-def window_elementary(x: Tensor, window: int, order: int) -> Tensor:
-    """e_order(x_{k-W+1}, ..., x_k) for every k (zeros before the start).
+def reverse_window_sums(G: Tensor, window: int) -> Tensor:
+    """The adjoint of the causal window sums applied to G: R_i = sum_{k=i..min(i+W-1, n-1)} G_k,
+    from C = cumsum(G): R_i = C_{min(i+W-1, n-1)} - C_{i-1} (C_{-1} = 0).
 
     Args:
-        x: (..., L). window: W >= 1. order: p >= 1.
+        G: (..., n). window: W >= 1.
     Returns:
-        (..., L).
+        (..., n).
     """
-    return newton([window_sums(x_j, window) for x_j in powers(x, order)])[order]
+    n = G.shape[-1]
+    C = G.cumsum(-1)
+    if window >= n:
+        return C[..., -1:] - nn.functional.pad(C[..., :-1], (1, 0))
+    y = torch.empty_like(C)
+    y[..., 0] = C[..., window - 1]
+    torch.sub(C[..., window:], C[..., : n - window], out=y[..., 1 : n - window + 1])
+    torch.sub(C[..., -1:], C[..., n - window : n - 1], out=y[..., n - window + 1 :])
+    return y
 
 
-def prefix_power_sums(x: Tensor, degree: int) -> list[Tensor]:
-    """Inclusive prefix power sums [sum_{i<=k} x_i^j for j = 1..degree], each (..., L)."""
-    return [x_j.cumsum(-1) for x_j in powers(x, degree)]
+def reverse_exclusive_sums(G: Tensor) -> Tensor:
+    """R_i = sum_{k > i} G_k. G: (..., n) -> (..., n)."""
+    C = G.cumsum(-1)
+    return C[..., -1:] - C
 
 
 def combine(memory: list[Tensor], e: list[Tensor]) -> list[Tensor]:
@@ -135,6 +141,133 @@ def combine(memory: list[Tensor], e: list[Tensor]) -> list[Tensor]:
     """
     m = [None, *memory]
     return [e[q] + sum(m[i] * e[q - i] for i in range(1, q + 1)) for q in range(len(e))]
+
+
+def horner_gradient(x: Tensor, r: list[Tensor]) -> Tensor:
+    """sum_{j=1..Q} (-x)^{j-1} r_j, by Horner's rule; r = [r_1, ..., r_Q].
+
+    The gradient of an elementary symmetric polynomial: d e_q(S) / d x_i = e_{q-1}(S without i)
+    = sum_{j=1..q} (-x_i)^{j-1} e_{q-j}(S), so gradients of sums of g_k e_q(S_k) over index sets
+    S_k become such polynomials in x_i with coefficients r_j that are adjoint sums of g e_{q-j}.
+    """
+    acc = r[-1]
+    for r_j in reversed(r[:-1]):
+        acc = torch.addcmul(r_j, x, acc, value=-1)
+    return acc
+
+
+class WindowPolynomial(torch.autograd.Function):
+    """z_k = sum_{p=2..P} a_p e_p(x_{k-W_p+1}, ..., x_k) (module docstring), computed in float64:
+    prefix power sums, their window differences and Newton's identities, one group per distinct
+    window; the backward is analytic (`horner_gradient` with adjoint window sums), so nothing but
+    the e's is kept for it.
+
+    Args (of `apply`):
+        x: (B, H, n). a: (P-1, H) the coefficients a_2 .. a_P. windows: (W_2, ..., W_P).
+    Returns:
+        z (B, H, n), of x's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
+        x64, a64 = x.double(), a.double()[..., None]  # (B, H, n), (P-1, H, 1)
+        groups: dict[int, list[int]] = {}
+        for p, W in enumerate(windows, start=2):
+            groups.setdefault(W, []).append(p)
+        sums = [x_j.cumsum(-1) for x_j in powers(x64, len(windows) + 1)]  # prefix power sums
+        z = None
+        saved = []
+        for W, orders in groups.items():
+            e = newton([window_sums(S, W) for S in sums[: max(orders)]])  # e_0 .. e_max
+            for p in orders:
+                z = a64[p - 2] * e[p] if z is None else z.addcmul_(a64[p - 2], e[p])
+            saved.extend(e[1:])
+        del sums
+        ctx.groups = list(groups.items())
+        ctx.dtypes = (x.dtype, a.dtype)
+        ctx.save_for_backward(x64, a64, *saved)
+        return z.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
+        x64, a64, *saved = ctx.saved_tensors
+        g = grad_z.double()
+        grad_x = None
+        grad_a = torch.empty_like(a64)
+        for W, orders in ctx.groups:
+            top = max(orders)
+            e, saved = [1.0, *saved[:top]], saved[top:]
+            for p in orders:
+                grad_a[p - 2, :, 0] = (g * e[p]).sum((0, 2))
+            # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1).
+            r = []
+            for j in range(1, top + 1):
+                coeff = sum(a64[p - 2] * e[p - j] for p in orders if p >= j)  # (H, 1) or (B, H, n)
+                r.append(reverse_window_sums(g * coeff, W))
+            part = horner_gradient(x64, r)
+            grad_x = part if grad_x is None else grad_x.add_(part)
+        x_dtype, a_dtype = ctx.dtypes
+        return grad_x.to(x_dtype), grad_a[..., 0].to(a_dtype), None
+
+
+class PrefixPolynomial(torch.autograd.Function):
+    """w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0, ..., x_{i-1}) (E_0 = 1), and the
+    e_q of the whole chunk, q = 1..Q; in float64 by prefix power sums and
+    Newton's identities, with an analytic backward (adjoint prefix sums, `horner_gradient`).
+
+    Args (of `apply`):
+        x: (B, H, L). c: (Q+1, B or 1, H).
+    Returns:
+        w (B, H, L) of x's dtype, and e_1 .. e_Q of the whole chunk (Q, B, H) float64.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        x64, c64 = x.double(), c.double()[..., None]  # (B, H, L), (Q+1, B or 1, H, 1)
+        Q = c.shape[0] - 1
+        E = newton([x_j.cumsum(-1) for x_j in powers(x64, Q)])  # e_q(x_0 .. x_i), inclusive
+        totals = torch.stack([e[..., -1] for e in E[1:]])  # e_1 .. e_Q of the chunk, (Q, B, H)
+        # gain_i = 1 + c_0 + sum_q c_q e_q(x_0 .. x_{i-1}): the inclusive e's shifted by one.
+        h = c64[1] * E[1]
+        for q in range(2, Q + 1):
+            h.addcmul_(c64[q], E[q])
+        gain = torch.empty_like(x64)
+        gain[..., :1] = 1 + c64[0]
+        torch.add(h[..., :-1], 1 + c64[0], out=gain[..., 1:])
+        ctx.dtypes = (x.dtype, c.dtype)
+        ctx.save_for_backward(x64, c64, gain, *E[1:])
+        return (x64 * gain).to(x.dtype), totals
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor, grad_totals: Tensor) -> tuple[Tensor, Tensor]:
+        x64, c64, gain, *E = ctx.saved_tensors
+        E = [1.0, *E]  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
+        Q = c64.shape[0] - 1
+        g = grad_w.double()
+        gx = g * x64
+        grad_c = torch.stack([gx.sum(-1)] + [torch.einsum("bhn,bhn->bh", gx[..., 1:], E[q][..., :-1]) for q in range(1, Q + 1)])
+        if c64.shape[1] == 1:
+            grad_c = grad_c.sum(1, keepdim=True)
+        # The chunk's e_q have d e_q / d x_i = sum_j (-x_i)^{j-1} e_{q-j}(chunk): constants added
+        # to the Horner coefficients below.
+        t = None if grad_totals is None else grad_totals.double()  # (Q, B, H)
+        # r_j = sum_{k > i} g_k x_k sum_{q >= j} c_q E_{q-j}(k) + sum_{q >= j} t_q e_{q-j}(chunk).
+        r = []
+        for j in range(1, Q + 1):
+            T = gx * c64[j]
+            if j < Q:
+                inner = c64[j + 1] * E[1]
+                for q in range(j + 2, Q + 1):
+                    inner.addcmul_(c64[q], E[q - j])
+                T[..., 1:].addcmul_(gx[..., 1:], inner[..., :-1])
+            C = T.cumsum(-1)
+            top = C[..., -1:]
+            if t is not None:
+                top = top + sum(t[q - 1] * (1.0 if q == j else E[q - j][..., -1]) for q in range(j, Q + 1))[..., None]
+            r.append(top - C)
+        grad_x = horner_gradient(x64, r).addcmul_(g, gain)
+        x_dtype, c_dtype = ctx.dtypes
+        return grad_x.to(x_dtype), grad_c.to(c_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,28 +285,35 @@ def default_window(length: int, order: int) -> int:
 def kb_signal(u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The KB input of the SSM, w_i = u_i (1 + sum_{p=2..P} s^{p-1} e_{p-1}(past, u_0 .. u_{i-1})).
 
+    With the past's e_m (the memory, e_0 = 1), e_{p-1}(past ++ u_<i) = sum_m e_m E_{p-1-m}(i), so
+    w_i = u_i (1 + sum_q c_q E_q(i)) with c_q = sum_p s^{p-1} e_{p-1-q}(past) (`PrefixPolynomial`).
+
     Args:
         u: (B, H, L). s: (H,) the input sums 1^T B_bar. degree: P >= 2.
         memory: (B, H, P-1) e_1 .. e_{P-1} of the inputs before u[..., 0] (None: no past).
     Returns:
         w (B, H, L) and the memory after u[..., -1] (B, H, P-1).
     """
-    x, s = u.double(), s.double()
-    inclusive = prefix_power_sums(x, degree - 1)  # [(B, H, L)] * (P-1)
-    exclusive = [nn.functional.pad(p[..., :-1], (1, 0)) for p in inclusive]
-    e = newton(exclusive)  # e_0 .. e_{P-1} of u_0 .. u_{i-1}
-    e_end = newton([p[..., -1:] for p in inclusive])  # of the whole chunk, (B, H, 1) each
-    if memory is not None:
-        past = list(memory.double()[..., None].unbind(-2))  # [(B, H, 1)] * (P-1)
-        e, e_end = combine(past, e), combine(past, e_end)
-    gain = 1 + sum(s[:, None] ** (p - 1) * e[p - 1] for p in range(2, degree + 1))
-    return (x * gain).to(u.dtype), torch.cat(e_end[1:], dim=-1).to(u.dtype)
+    Q = degree - 1
+    if memory is None:
+        c = torch.stack([torch.zeros_like(s)] + [s**q for q in range(1, Q + 1)])[:, None]  # (Q+1, 1, H)
+        w, e_end = PrefixPolynomial.apply(u, c)
+        e_end = [1.0, *e_end]
+    else:
+        past = [torch.ones_like(memory[..., 0]), *memory.unbind(-1)]  # e_0 .. e_Q of the past, (B, H)
+        c = torch.stack([
+            sum(s ** (p - 1) * past[p - 1 - q] for p in range(max(2, q + 1), degree + 1)) for q in range(Q + 1)
+        ])  # (Q+1, B, H)
+        w, e_end = PrefixPolynomial.apply(u, c)
+        e_end = combine([m.double() for m in past[1:]], [1.0, *e_end])
+    return w, torch.stack(e_end[1:], -1).to(u.dtype)
 
 
 def pb_signal(
     u: Tensor, s: Tensor, windows: list[int], memory: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The PB correlation signal z_k = sum_{p=2..P} s^{p-1} e_p(last W_p samples up to k).
+    """The PB correlation signal z_k = sum_{p=2..P} s^{p-1} e_p(last W_p samples up to k)
+    (`WindowPolynomial`).
 
     Args:
         u: (B, H, L). s: (H,). windows: [W_2, ..., W_P].
@@ -182,12 +322,14 @@ def pb_signal(
         z (B, H, L) and the memory after u[..., -1] (B, H, M).
     """
     M = max(windows) - 1
-    if memory is None:
-        memory = u.new_zeros(*u.shape[:-1], M)
-    x = torch.cat([memory, u], dim=-1)  # (B, H, M + L)
-    x64, s = x.double(), s.double()
-    z = sum(s[:, None] ** (p - 1) * window_elementary(x64, W, p)[..., M:] for p, W in enumerate(windows, start=2))
-    return z.to(u.dtype), x[..., x.shape[-1] - M :]
+    a = torch.stack([s ** (p - 1) for p in range(2, len(windows) + 2)])  # (P-1, H)
+    # Without a memory the past is zeros, which the window sums already assume.
+    x = u if memory is None else torch.cat([memory, u], dim=-1)  # (B, H, M' + L)
+    z = WindowPolynomial.apply(x, a, tuple(windows))[..., x.shape[-1] - u.shape[-1] :]
+    tail = x[..., max(0, x.shape[-1] - M) :]
+    if tail.shape[-1] < M:
+        tail = nn.functional.pad(tail, (M - tail.shape[-1], 0))
+    return z, tail
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +491,7 @@ class LiquidTerm(nn.Module):
         w, z, memory = self.signals(u, s, memory)
         y = fftconv(w, K)
         if z is not None:
-            y = y + K[..., :1] * z[:, None]
+            y = torch.addcmul(y, K[..., :1], z[:, None])
         return y, w, memory
 
 
