@@ -1,0 +1,46 @@
+"""The flat registry of data sets: DATASETS maps a name to its builder; `load` checks options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import UserError
+from . import mnist
+from .base import DataSpec
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A data set's builder `build(root=None, **options) -> DataSpec` and a one-line size summary."""
+
+    build: Callable[..., DataSpec]
+    size: str
+
+    def __call__(self, root=None, **options) -> DataSpec:
+        return self.build(root=root, **options)
+
+    def options(self) -> dict[str, object]:
+        """The builder's keyword options with their defaults."""
+        params = inspect.signature(self.build).parameters
+        return {k: p.default for k, p in params.items() if k != "root"}
+
+
+DATASETS: dict[str, Builder] = {
+    "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
+    "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+}
+
+
+def load(name: str, root=None, **options) -> DataSpec:
+    """Build the data set `name` (a key of DATASETS) with its keyword `options`; `root`: cache folder."""
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+    builder = DATASETS[name]
+    known = builder.options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
+        raise UserError(f"data set {name!r} has no option {', '.join(unknown)}; its options: {listed}")
+    return builder(root=root, **options)
