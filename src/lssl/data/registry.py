@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import mnist
+from . import mnist, synthetic
 from .base import DataSpec
 
 
@@ -30,6 +30,12 @@ class Builder:
 DATASETS: dict[str, Builder] = {
     "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
     "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+    "copying": Builder(synthetic.copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
+    "selective-copying": Builder(synthetic.selective_copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
+    "adding": Builder(synthetic.adding, "10k/1k/1k (any), length 200 (any) x 2, regression"),
+    "recall": Builder(synthetic.recall, "10k/1k/1k (any), length 256 (any), 16 classes"),
+    "parity": Builder(synthetic.parity, "10k/1k/1k (any), length 256 (any), 2 classes"),
+    "s5": Builder(synthetic.s5, "10k/1k/1k (any), length 32 (any), 120 classes"),
 }
 
 
