@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import mnist, synthetic
+from . import bidmc, mnist, synthetic, uea
 from .base import DataSpec
 
 
@@ -30,6 +30,10 @@ class Builder:
 DATASETS: dict[str, Builder] = {
     "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
     "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+    "bidmc-synth": Builder(bidmc.bidmc_synth, "5565/1192/1192 (any), 4000 x 2, 1 target"),
+    "bidmc": Builder(bidmc.bidmc, "7949 windows (user's files), 4000 x 2, 1 target"),
+    "japanese-vowels": Builder(uea.japanese_vowels, "216/54/370, 7-29 x 12, 9 classes"),
+    "basic-motions": Builder(uea.basic_motions, "32/8/40, 100 x 6, 4 classes"),
     "copying": Builder(synthetic.copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
     "selective-copying": Builder(synthetic.selective_copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
     "adding": Builder(synthetic.adding, "10k/1k/1k (any), length 200 (any) x 2, regression"),
