@@ -120,14 +120,16 @@ class ArrayDataset(Dataset):
 
 
 class ToFloat:
-    """Stored integer samples -> float32 (L, C) divided by `scale`; optional step permutation."""
+    """Stored integer samples -> float32 (L, C) divided by `scale`; optionally a permutation of the
+    steps, or every `step`-th sample (decimation, x[::step])."""
 
-    def __init__(self, scale: float, permutation: torch.Tensor | None = None):
-        self.scale, self.permutation = scale, permutation
+    def __init__(self, scale: float, permutation: torch.Tensor | None = None, step: int = 1):
+        self.scale, self.permutation, self.step = scale, permutation, step
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.permutation is not None:
             x = x[self.permutation]
+        x = x[:: self.step]
         x = x.to(torch.float32) / self.scale
         return x.unsqueeze(-1) if x.dim() == 1 else x
 

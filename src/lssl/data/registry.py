@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import bidmc, mnist, synthetic, uea
+from . import bidmc, mnist, speech, synthetic, uea
 from .base import DataSpec
 
 
@@ -30,6 +30,8 @@ class Builder:
 DATASETS: dict[str, Builder] = {
     "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
     "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+    "speech10": Builder(speech.speech10, "20k/2k/2k (any), 16000 x 1, 10 classes"),
+    "speech35": Builder(speech.speech35, "35k/3.5k/3.5k (any), 16000 x 1, 35 classes"),
     "bidmc-synth": Builder(bidmc.bidmc_synth, "5565/1192/1192 (any), 4000 x 2, 1 target"),
     "bidmc": Builder(bidmc.bidmc, "7949 windows (user's files), 4000 x 2, 1 target"),
     "japanese-vowels": Builder(uea.japanese_vowels, "216/54/370, 7-29 x 12, 9 classes"),
