@@ -94,7 +94,8 @@ def bitreversal_permutation(n: int) -> torch.Tensor:
     return rev[rev < n]
 
 
-def _splits(arrays, n_train, n_val, n_test, transform, check):
+def fixed_splits(arrays, n_train, n_val, n_test, transform, check):
+    """Train, val (the last n_val training rows) and test ArrayDatasets from uint8 train/test arrays."""
     train_x, train_y = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]).long()
     test_x, test_y = torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]).long()
     n_total = len(train_x)
@@ -128,7 +129,7 @@ def _need_784(length):
 def smnist(root=None, path: str | None = None, n_train: int | None = None, n_val: int = 10000,
            n_test: int | None = None) -> DataSpec:
     """Sequential MNIST: 784 steps x 1 channel, 10 classes; `path`: a folder of MNIST IDX files instead of the wheel."""
-    train, val, test = _splits(_load(root, path), n_train, n_val, n_test, ToFloat(255.0), _need_784)
+    train, val, test = fixed_splits(_load(root, path), n_train, n_val, n_test, ToFloat(255.0), _need_784)
     return DataSpec("smnist", train, val, test, d_input=1, d_output=10, length=784, task="classification",
                     labels=tuple(str(i) for i in range(10)), source=_source(path), real=True, stands_in_for="sMNIST")
 
@@ -145,6 +146,6 @@ def pmnist(root=None, path: str | None = None, n_train: int | None = None, n_val
         perm = torch.randperm(784, generator=torch.Generator().manual_seed(seed))
     else:
         perm = bitreversal_permutation(784)
-    train, val, test = _splits(_load(root, path), n_train, n_val, n_test, ToFloat(255.0, perm), _need_784)
+    train, val, test = fixed_splits(_load(root, path), n_train, n_val, n_test, ToFloat(255.0, perm), _need_784)
     return DataSpec("pmnist", train, val, test, d_input=1, d_output=10, length=784, task="classification",
                     labels=tuple(str(i) for i in range(10)), source=_source(path), real=True, stands_in_for="pMNIST")

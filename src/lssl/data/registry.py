@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import bidmc, mnist, speech, synthetic, uea
+from . import bidmc, images, listops, mnist, pathfinder, speech, synthetic, uea
 from .base import DataSpec
 
 
@@ -30,6 +30,11 @@ class Builder:
 DATASETS: dict[str, Builder] = {
     "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
     "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+    "sfmnist": Builder(images.sfmnist, "50k/10k/10k, 1024 x 1, 10 classes"),
+    "scifar": Builder(images.scifar, "45k/5k/10k (user's files), 1024 x 3, 10 classes"),
+    "listops": Builder(listops.listops, "96k/2k/2k (any), 500-2000 tokens, 10 classes"),
+    "pathfinder": Builder(pathfinder.pathfinder, "160k/20k/20k (any), 1024 x 1, 2 classes"),
+    "path-x": Builder(pathfinder.path_x, "160k/20k/20k (any), 16384 x 1, 2 classes"),
     "speech10": Builder(speech.speech10, "20k/2k/2k (any), 16000 x 1, 10 classes"),
     "speech35": Builder(speech.speech35, "35k/3.5k/3.5k (any), 16000 x 1, 35 classes"),
     "bidmc-synth": Builder(bidmc.bidmc_synth, "5565/1192/1192 (any), 4000 x 2, 1 target"),
