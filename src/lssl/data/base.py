@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -255,10 +254,6 @@ def cached_entries(root: str | os.PathLike | None = None) -> dict[str, list[tupl
     return out
 
 
-def remove_entry(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- splits
 
 
@@ -268,7 +263,3 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndar
     cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
     return np.split(order, cuts)
 
-
-def take(n_max: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The first n_max rows of each array (all rows when n_max is None)."""
-    return tuple(a if n_max is None else a[:n_max] for a in arrays)

@@ -18,7 +18,6 @@ coupling is weak on purpose: with strong coupling a spectral-peak picker solves 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -13,10 +13,12 @@ from .base import DataSpec
 
 @dataclass(frozen=True)
 class Builder:
-    """A data set's builder `build(root=None, **options) -> DataSpec` and a one-line size summary."""
+    """A data set's builder `build(root=None, **options) -> DataSpec`, a one-line size summary, and
+    the names of the cache entries it reads (empty: generated in memory on every load)."""
 
     build: Callable[..., DataSpec]
     size: str
+    cache: tuple[str, ...] = ()
 
     def __call__(self, root=None, **options) -> DataSpec:
         return self.build(root=root, **options)
@@ -28,19 +30,19 @@ class Builder:
 
 
 DATASETS: dict[str, Builder] = {
-    "smnist": Builder(mnist.smnist, "60k/10k, 784 x 1, 10 classes"),
-    "pmnist": Builder(mnist.pmnist, "60k/10k, 784 x 1, 10 classes"),
+    "smnist": Builder(mnist.smnist, "50k/10k/10k, 784 x 1, 10 classes", ("mnist",)),
+    "pmnist": Builder(mnist.pmnist, "50k/10k/10k, 784 x 1, 10 classes", ("mnist",)),
     "sfmnist": Builder(images.sfmnist, "50k/10k/10k, 1024 x 1, 10 classes"),
     "scifar": Builder(images.scifar, "45k/5k/10k (user's files), 1024 x 3, 10 classes"),
-    "listops": Builder(listops.listops, "96k/2k/2k (any), 500-2000 tokens, 10 classes"),
-    "pathfinder": Builder(pathfinder.pathfinder, "160k/20k/20k (any), 1024 x 1, 2 classes"),
-    "path-x": Builder(pathfinder.path_x, "160k/20k/20k (any), 16384 x 1, 2 classes"),
-    "speech10": Builder(speech.speech10, "20k/2k/2k (any), 16000 x 1, 10 classes"),
-    "speech35": Builder(speech.speech35, "35k/3.5k/3.5k (any), 16000 x 1, 35 classes"),
-    "bidmc-synth": Builder(bidmc.bidmc_synth, "5565/1192/1192 (any), 4000 x 2, 1 target"),
+    "listops": Builder(listops.listops, "96k/2k/2k (any), 500-2000 tokens, 10 classes", ("listops",)),
+    "pathfinder": Builder(pathfinder.pathfinder, "160k/20k/20k (any), 1024 x 1, 2 classes", ("pathfinder",)),
+    "path-x": Builder(pathfinder.path_x, "160k/20k/20k (any), 16384 x 1, 2 classes", ("path-x",)),
+    "speech10": Builder(speech.speech10, "20k/2k/2k (any), 16000 x 1, 10 classes", ("speech10", "speech-commands10")),
+    "speech35": Builder(speech.speech35, "35k/3.5k/3.5k (any), 16000 x 1, 35 classes", ("speech35", "speech-commands35")),
+    "bidmc-synth": Builder(bidmc.bidmc_synth, "5565/1192/1192 (any), 4000 x 2, 1 target", ("bidmc-synth",)),
     "bidmc": Builder(bidmc.bidmc, "7949 windows (user's files), 4000 x 2, 1 target"),
-    "japanese-vowels": Builder(uea.japanese_vowels, "216/54/370, 7-29 x 12, 9 classes"),
-    "basic-motions": Builder(uea.basic_motions, "32/8/40, 100 x 6, 4 classes"),
+    "japanese-vowels": Builder(uea.japanese_vowels, "216/54/370, 7-29 x 12, 9 classes", ("uea-JapaneseVowels",)),
+    "basic-motions": Builder(uea.basic_motions, "32/8/40, 100 x 6, 4 classes", ("uea-BasicMotions",)),
     "copying": Builder(synthetic.copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
     "selective-copying": Builder(synthetic.selective_copying, "10k/1k/1k (any), length 200 (any), 8 classes"),
     "adding": Builder(synthetic.adding, "10k/1k/1k (any), length 200 (any) x 2, regression"),

@@ -179,13 +179,13 @@ def speech_arrays(words, root=None, path=None, n_train=0, n_val=0, n_test=0, see
     """The cached int16 arrays of a speech set (generated, or read from the folder `path`)."""
     if path is not None:
         folder = Path(path).expanduser().resolve()
-        return cached("speech-commands", {"path": str(folder), "words": words}, VERSION,
+        return cached(f"speech-commands{len(words)}", {"path": str(folder), "words": words}, VERSION,
                       lambda: read_folder(folder, words), root)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for k, v in sizes.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"n_{k} must be a positive int, got {v!r}")
-    return cached("speech", {"words": words, "sizes": sizes, "seed": seed}, VERSION,
+    return cached(f"speech{len(words)}", {"words": words, "sizes": sizes, "seed": seed}, VERSION,
                   lambda: generate(words, sizes, seed, espeak, workers), root)
 
 
