@@ -54,49 +54,46 @@ def _query_tokens(rng, n, k, first_index_token):
     return q, first_index_token + q
 
 
-def copying(root=None, length: int = 200, n_symbols: int = 8, n_memorize: int = 4, n_train: int = 10000,
-            n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> DataSpec:
-    """Copying memory task (Arjovsky et al. 2016) asked one symbol at a time. Tokens: 0 blank,
-    1..n_symbols symbols, n_symbols+1 delimiter, then n_memorize index tokens; x int64 (length,)."""
-    _check_sizes(length=length, n_symbols=n_symbols, n_memorize=n_memorize, n_train=n_train, n_val=n_val, n_test=n_test)
+def _copying(name: str, selective: bool, length: int, n_symbols: int, n_memorize: int, sizes: tuple[int, int, int],
+             seed: int, stands_in_for: str) -> DataSpec:
+    """Copying (symbols first) or selective copying (symbols at random positions), one query each."""
+    _check_sizes(length=length, n_symbols=n_symbols, n_memorize=n_memorize, n_train=sizes[0], n_val=sizes[1],
+                 n_test=sizes[2])
     if length < n_memorize + 2:
         raise UserError(f"length must be >= n_memorize + 2 = {n_memorize + 2}, got {length}")
     delim = n_symbols + 1
 
     def make(rng, n):
         x = np.zeros((n, length), dtype=np.int64)
-        sym = rng.integers(1, n_symbols + 1, (n, n_memorize))
-        x[:, :n_memorize] = sym
-        x[:, -2] = delim
-        q, x[:, -1] = _query_tokens(rng, n, n_memorize, delim + 1)
-        return x, sym[np.arange(n), q] - 1
-
-    return _spec("copying", make, (n_train, n_val, n_test), seed, d_output=n_symbols, length=length,
-                 labels=tuple(str(i + 1) for i in range(n_symbols)), vocab_size=n_symbols + 2 + n_memorize,
-                 stands_in_for="copying memory (long-range recall)")
-
-
-def selective_copying(root=None, length: int = 200, n_symbols: int = 8, n_memorize: int = 4, n_train: int = 10000,
-                      n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> DataSpec:
-    """Selective copying (Gu and Dao 2023) asked one symbol at a time: n_memorize symbols at random
-    positions of the first length-2 steps; tokens as in `copying`; x int64 (length,)."""
-    _check_sizes(length=length, n_symbols=n_symbols, n_memorize=n_memorize, n_train=n_train, n_val=n_val, n_test=n_test)
-    if length < n_memorize + 2:
-        raise UserError(f"length must be >= n_memorize + 2 = {n_memorize + 2}, got {length}")
-    delim = n_symbols + 1
-
-    def make(rng, n):
-        x = np.zeros((n, length), dtype=np.int64)
-        pos = np.sort(np.argsort(rng.random((n, length - 2)), axis=1)[:, :n_memorize], axis=1)
+        if selective:
+            pos = np.sort(np.argsort(rng.random((n, length - 2)), axis=1)[:, :n_memorize], axis=1)
+        else:
+            pos = np.broadcast_to(np.arange(n_memorize), (n, n_memorize))
         sym = rng.integers(1, n_symbols + 1, (n, n_memorize))
         np.put_along_axis(x, pos, sym, axis=1)
         x[:, -2] = delim
         q, x[:, -1] = _query_tokens(rng, n, n_memorize, delim + 1)
         return x, sym[np.arange(n), q] - 1
 
-    return _spec("selective-copying", make, (n_train, n_val, n_test), seed, d_output=n_symbols, length=length,
+    return _spec(name, make, sizes, seed, d_output=n_symbols, length=length,
                  labels=tuple(str(i + 1) for i in range(n_symbols)), vocab_size=n_symbols + 2 + n_memorize,
-                 stands_in_for="selective copying (content-aware recall)")
+                 stands_in_for=stands_in_for)
+
+
+def copying(root=None, length: int = 200, n_symbols: int = 8, n_memorize: int = 4, n_train: int = 10000,
+            n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> DataSpec:
+    """Copying memory task (Arjovsky et al. 2016) asked one symbol at a time. Tokens: 0 blank,
+    1..n_symbols symbols, n_symbols+1 delimiter, then n_memorize index tokens; x int64 (length,)."""
+    return _copying("copying", False, length, n_symbols, n_memorize, (n_train, n_val, n_test), seed,
+                    "copying memory (long-range recall)")
+
+
+def selective_copying(root=None, length: int = 200, n_symbols: int = 8, n_memorize: int = 4, n_train: int = 10000,
+                      n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> DataSpec:
+    """Selective copying (Gu and Dao 2023) asked one symbol at a time: n_memorize symbols at random
+    positions of the first length-2 steps; tokens as in `copying`; x int64 (length,)."""
+    return _copying("selective-copying", True, length, n_symbols, n_memorize, (n_train, n_val, n_test), seed,
+                    "selective copying (content-aware recall)")
 
 
 def adding(root=None, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
