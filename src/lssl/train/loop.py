@@ -162,7 +162,7 @@ def score(model: nn.Module, loader: Any, task: str, device: torch.device, dtype:
         batch = batches.to_device(batch, device, dtype)
         with autocast(device, amp):
             out = forward(model, batch, rate)
-        out = out.float()
+        out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
         totals.add(out, batch["y"], metrics.loss(task, out, batch["y"]))
     model.train(was_training)
     if procs.world > 1:
@@ -390,7 +390,7 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
                 batch = batches.to_device(batch, device, dtype)
                 with autocast(device, tc.amp):
                     out = forward(net, batch)
-                out = out.float()
+                out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
                 loss = metrics.loss(task, out, batch["y"])
                 finite = torch.isfinite(loss.detach()).to(torch.int32)
                 if procs.world > 1:

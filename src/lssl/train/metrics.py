@@ -39,14 +39,14 @@ class Totals:
 
     def add(self, out: Tensor, y: Tensor, batch_loss: Tensor) -> None:
         """Add one batch: out and y as for `loss`, batch_loss its mean loss."""
-        out, b = out.detach().float(), y.shape[0]
+        out, b = out.detach().double(), y.shape[0]
         self.loss_sum += batch_loss.item() * b
         self.n += b
         if self.task == "classification":
             self.score_sum += (out.argmax(-1) == y).sum().item()
             self.n_targets += b
         else:
-            self.score_sum += (out - y.float()).square().sum().item()
+            self.score_sum += (out - y.double()).square().sum().item()
             self.n_targets += y.numel()
 
     def as_tensor(self) -> Tensor:
