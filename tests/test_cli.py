@@ -101,3 +101,8 @@ def test_malformed_overrides_and_unknown_options_are_usage_errors(toy, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["info", "--fast"])
     assert e.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
+
+
+def test_bench_finds_the_benchmark_scripts_of_the_checkout():
+    root = cli.benchmark_dir()
+    assert all((root / f"{name}.py").is_file() for name in cli.BENCHMARKS)
