@@ -347,124 +347,123 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
     spec = data if data is not None else load_data(cfg.data)
     task = spec.task
 
-    if True:
-        seed_everything(cfg.seed)
-        model_args = model_arguments(cfg.model, spec)
-        model = build_model(model_args).to(device=device, dtype=dtype)
-        seed_everything(cfg.seed + procs.rank)  # per-process stream for dropout
-        opt = optim.optimizer(model, tc)
-        per_rank = math.ceil(len(spec.train) / procs.world)
-        steps_per_epoch = math.ceil(per_rank / local_batch)
-        sched = optim.scheduler(opt, tc, steps_per_epoch, metrics.MODE[task])
-        prog = Progress()
-        if resume:
-            ckpt = paths["last"] if resume is True else Path(resume)
-            prog = restore(ckpt, cfg, model, opt, sched, procs)
-            log.info("resumed from %s at epoch %d, batch %d (step %d)", ckpt, prog.epoch + 1, prog.batch, prog.step)
-        if procs.main:
-            paths["root"].mkdir(parents=True, exist_ok=True)
-            (paths["root"] / "config.toml").write_text(cfgmod.dumps(cfg))
-            report.write_csv(paths["root"] / "metrics.csv", prog.history)
-        net = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
-        scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
-        val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
-        best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        if prog.best_epoch > 0:
-            best_tensors, _ = checkpoint.read(paths["best"])
-            best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
-                          for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
+    seed_everything(cfg.seed)
+    model_args = model_arguments(cfg.model, spec)
+    model = build_model(model_args).to(device=device, dtype=dtype)
+    seed_everything(cfg.seed + procs.rank)  # per-process stream for dropout
+    opt = optim.optimizer(model, tc)
+    per_rank = math.ceil(len(spec.train) / procs.world)
+    steps_per_epoch = math.ceil(per_rank / local_batch)
+    sched = optim.scheduler(opt, tc, steps_per_epoch, metrics.MODE[task])
+    prog = Progress()
+    if resume:
+        ckpt = paths["last"] if resume is True else Path(resume)
+        prog = restore(ckpt, cfg, model, opt, sched, procs)
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", ckpt, prog.epoch + 1, prog.batch, prog.step)
+    if procs.main:
+        paths["root"].mkdir(parents=True, exist_ok=True)
+        (paths["root"] / "config.toml").write_text(cfgmod.dumps(cfg))
+        report.write_csv(paths["root"] / "metrics.csv", prog.history)
+    net = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+    val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if prog.best_epoch > 0:
+        best_tensors, _ = checkpoint.read(paths["best"])
+        best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
+                      for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
 
-        def checkpoint_to(path: Path) -> None:
-            save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
+    def checkpoint_to(path: Path) -> None:
+        save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
 
-        stopped = False
-        while prog.epoch < tc.epochs and not stopped:
-            loader = batches.train_loader(spec.train, spec.collate, local_batch, procs.world, procs.rank, cfg.seed,
-                                          prog.epoch, prog.batch, cfg.data.num_workers)
-            totals = metrics.Totals.from_tensor(task, torch.tensor(prog.partial, dtype=torch.float64)) if prog.batch else metrics.Totals(task)
-            seen, t0 = 0, time.perf_counter()
-            bar = tqdm(loader, total=steps_per_epoch, initial=prog.batch, desc=f"epoch {prog.epoch + 1}/{tc.epochs}",
-                       disable=not (tc.progress and procs.main), unit="batch", dynamic_ncols=True)
-            net.train()
-            for batch in bar:
-                batch = batches.to_device(batch, device, dtype)
-                with autocast(device, tc.amp):
-                    out = forward(net, batch)
-                out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
-                loss = metrics.loss(task, out, batch["y"])
-                finite = torch.isfinite(loss.detach()).to(torch.int32)
-                if procs.world > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if not finite.item():
-                    last = paths["last"]
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                    raise Diverged(
-                        f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
-                        f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if tc.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    sched.step()
-                totals.add(out, batch["y"], loss)
-                prog.partial = totals.as_tensor().tolist()
-                seen += batch["y"].shape[0] * procs.world
-                prog.batch += 1
-                prog.step += 1
-                r = totals.result()
-                bar.set_postfix({"loss": f"{r['loss']:.4f}", metrics.METRIC[task]: f"{r[metrics.METRIC[task]]:.4f}",
-                                 "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
-                if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
-                    checkpoint_to(paths["last"])
-                if tc.max_steps and prog.step >= tc.max_steps:
-                    stopped = True
-                    break
-            bar.close()
-            if stopped and prog.batch < steps_per_epoch:
+    stopped = False
+    while prog.epoch < tc.epochs and not stopped:
+        loader = batches.train_loader(spec.train, spec.collate, local_batch, procs.world, procs.rank, cfg.seed,
+                                      prog.epoch, prog.batch, cfg.data.num_workers)
+        totals = metrics.Totals.from_tensor(task, torch.tensor(prog.partial, dtype=torch.float64)) if prog.batch else metrics.Totals(task)
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, initial=prog.batch, desc=f"epoch {prog.epoch + 1}/{tc.epochs}",
+                   disable=not (tc.progress and procs.main), unit="batch", dynamic_ncols=True)
+        net.train()
+        for batch in bar:
+            batch = batches.to_device(batch, device, dtype)
+            with autocast(device, tc.amp):
+                out = forward(net, batch)
+            out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
+            loss = metrics.loss(task, out, batch["y"])
+            finite = torch.isfinite(loss.detach()).to(torch.int32)
+            if procs.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
+                last = paths["last"]
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise Diverged(
+                    f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
+                    f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.grad_clip > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step()
+            totals.add(out, batch["y"], loss)
+            prog.partial = totals.as_tensor().tolist()
+            seen += batch["y"].shape[0] * procs.world
+            prog.batch += 1
+            prog.step += 1
+            r = totals.result()
+            bar.set_postfix({"loss": f"{r['loss']:.4f}", metrics.METRIC[task]: f"{r[metrics.METRIC[task]]:.4f}",
+                             "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
+            if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
                 checkpoint_to(paths["last"])
+            if tc.max_steps and prog.step >= tc.max_steps:
+                stopped = True
                 break
-            train_result = totals.result() if procs.world == 1 else _reduce_totals(totals, task, device)
-            val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
-            metric = metrics.METRIC[task]
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(val[metric])
-            prog.history.append({
-                "epoch": prog.epoch + 1, "step": prog.step, "train_loss": train_result["loss"],
-                f"train_{metric}": train_result[metric], "val_loss": val["loss"], f"val_{metric}": val[metric],
-                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-            })
-            if metrics.better(task, val[metric], prog.best):
-                prog.best, prog.best_epoch = val[metric], prog.epoch + 1
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
+        bar.close()
+        if stopped and prog.batch < steps_per_epoch:
             checkpoint_to(paths["last"])
-            if prog.best_epoch == prog.epoch:
-                checkpoint_to(paths["best"])
-            if procs.main:
-                report.write_csv(paths["root"] / "metrics.csv", prog.history)
-                log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f", prog.epoch, train_result["loss"],
-                         val["loss"], metric, val[metric])
-
-        stopped = prog.epoch < tc.epochs
-        results: dict[str, Any] = {"run_dir": str(paths["root"]), "epochs": prog.epoch, "steps": prog.step,
-                                   "best_epoch": prog.best_epoch, "stopped_early": stopped}
-        if stopped:
-            log.info("stopped after %d steps (train.max_steps); continue with --resume", prog.step)
-            return results
-        model.load_state_dict(best_state)
-        for name in ("val", "test", *dict(spec.extra)):
-            dataset, rate = select_split(spec, name, None)
-            loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
-            results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
-                                                  progress=tc.progress)}
+            break
+        train_result = totals.result() if procs.world == 1 else _reduce_totals(totals, task, device)
+        val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
+        metric = metrics.METRIC[task]
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val[metric])
+        prog.history.append({
+            "epoch": prog.epoch + 1, "step": prog.step, "train_loss": train_result["loss"],
+            f"train_{metric}": train_result[metric], "val_loss": val["loss"], f"val_{metric}": val[metric],
+            "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+        })
+        if metrics.better(task, val[metric], prog.best):
+            prog.best, prog.best_epoch = val[metric], prog.epoch + 1
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
+        checkpoint_to(paths["last"])
+        if prog.best_epoch == prog.epoch:
+            checkpoint_to(paths["best"])
         if procs.main:
-            report.write(paths["root"], cfg, spec, model, prog.history, results)
+            report.write_csv(paths["root"] / "metrics.csv", prog.history)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f", prog.epoch, train_result["loss"],
+                     val["loss"], metric, val[metric])
+
+    stopped = prog.epoch < tc.epochs
+    results: dict[str, Any] = {"run_dir": str(paths["root"]), "epochs": prog.epoch, "steps": prog.step,
+                               "best_epoch": prog.best_epoch, "stopped_early": stopped}
+    if stopped:
+        log.info("stopped after %d steps (train.max_steps); continue with --resume", prog.step)
         return results
+    model.load_state_dict(best_state)
+    for name in ("val", "test", *dict(spec.extra)):
+        dataset, rate = select_split(spec, name, None)
+        loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+        results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
+                                              progress=tc.progress)}
+    if procs.main:
+        report.write(paths["root"], cfg, spec, model, prog.history, results)
+    return results
 
 
 def _reduce_totals(totals: metrics.Totals, task: str, device: torch.device) -> dict[str, float]:
