@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from lssl import config
+from lssl.data import DATASETS
 from lssl.errors import UserError
 from lssl.layer import LAYERS
 from lssl.train.loop import build_model, model_arguments
@@ -107,3 +108,11 @@ def test_bad_layer_arguments_name_the_config_field():
     cfg = config.apply_overrides(config.Config(), ["model.layer=mamba"])
     with pytest.raises(UserError, match="model config: unknown layer 'mamba'"):
         build_model(model_arguments(cfg.model, spec))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_name_a_known_data_set_and_its_options(path):
+    cfg = config.load(path)
+    assert cfg.data.name in DATASETS, cfg.data.name
+    known = DATASETS[cfg.data.name].options()
+    assert set(cfg.data.options) <= set(known), sorted(set(cfg.data.options) - set(known))

@@ -4,6 +4,7 @@
     lssl eval CHECKPOINT [--split test] [--rate 2] [--batch-size N] [--device auto]
     lssl bench [kernels|layers|all] [--quick]
     lssl info
+    lssl data list | prepare NAME [--root DIR] [-o KEY=VALUE]
 
 Mistakes in the input (a missing file, an unknown config field, a bad value, a corrupt
 checkpoint) are printed as one line `lssl: error: ...` with exit code 2; a diverged run exits
@@ -22,6 +23,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .data import cli as data_cli
 from .errors import UserError
 
 BENCHMARKS = ("kernels", "layers")
@@ -148,6 +150,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
     p = sub.add_parser("info", help="versions, threads and devices")
     p.set_defaults(func=cmd_info)
+
+    data_cli.add_commands(sub)
     return parser, sub
 
 
