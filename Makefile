@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv test bench clean
+.PHONY: venv test run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q
+
+# The main job: train the default config (LSSL on sequential MNIST, sized for 2 CPU cores); the
+# run then scores its best checkpoint on the full 10k test set and writes runs/lssl-smnist/report.md.
+# A finished run is kept: delete runs/lssl-smnist to train again.
+run: venv
+	$(PY) -m lssl train configs/lssl-smnist.toml
 
 bench: venv
 	$(PY) benchmarks/kernels.py --out benchmarks/kernels.md

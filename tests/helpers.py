@@ -1,8 +1,12 @@
-"""Shared test utilities: one tolerance table keyed by dtype."""
+"""Shared test utilities: one tolerance table keyed by dtype; a toy DataSpec for training tests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
+from torch.utils.data import Dataset
 
 # Max-abs error relative to max|expected| (spec section E convention).
 RTOL = {torch.float64: 1e-10, torch.complex128: 1e-10, torch.float32: 2e-4, torch.complex64: 2e-4}
@@ -30,3 +34,65 @@ def grads(loss: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torc
     """Gradients of `loss` w.r.t. each named tensor (zeros where it does not depend on it)."""
     out = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), out)}
+
+
+# A DataSpec-shaped toy data set for training tests (the fields of lssl.data's DataSpec).
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    d_input: int
+    d_output: int
+    length: int
+    task: str
+    labels: tuple[str, ...]
+    vocab_size: int | None = None
+    extra: dict = field(default_factory=dict)
+    rates: dict = field(default_factory=dict)
+    source: str = "generated in tests"
+    real: bool = False
+    stands_in_for: str = "nothing"
+    collate: Callable = None
+
+
+def pad_collate(items: list) -> dict[str, torch.Tensor]:
+    """Right-pad (x, y) items to the longest: {'x', 'y', 'lengths'}."""
+    xs, ys = zip(*items)
+    lengths = torch.tensor([len(x) for x in xs])
+    x = torch.zeros(len(xs), int(lengths.max()), *xs[0].shape[1:], dtype=xs[0].dtype)
+    for i, xi in enumerate(xs):
+        x[i, : len(xi)] = xi
+    return {"x": x, "y": torch.stack(ys), "lengths": lengths}
+
+
+def toy_spec(n_train: int = 48, n_val: int = 16, n_test: int = 16, length: int = 32, task: str = "classification",
+             seed: int = 0) -> ToySpec:
+    """Sequences (L, 1) of noise with a bump in one of three thirds; the class is the third
+    (classification) or the targets are (bump position, bump height) (regression). Lengths vary
+    by up to a quarter. An extra split 'test_half' is the test split decimated by 2 (rate 2)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> list:
+        items = []
+        for _ in range(n):
+            L = length - int(torch.randint(0, length // 4 + 1, (), generator=g))
+            cls = int(torch.randint(0, 3, (), generator=g))
+            height = 1.0 + torch.rand((), generator=g).item()
+            x = 0.1 * torch.randn(L, 1, generator=g)
+            third = L // 3
+            x[cls * third : (cls + 1) * third] += height
+            y = torch.tensor(cls) if task == "classification" else torch.tensor([float(cls), height])
+            items.append((x, y))
+        return items
+
+    test = make(n_test)
+    return ToySpec(
+        name="toy", train=make(n_train), val=make(n_val), test=test, d_input=1,
+        d_output=3 if task == "classification" else 2, length=length, task=task,
+        labels=("first", "second", "third") if task == "classification" else ("position", "height"),
+        extra={"test_half": [(x[::2], y) for x, y in test]}, rates={"test_half": 2.0}, collate=pad_collate,
+    )

@@ -594,3 +594,23 @@ def test_bad_degree_and_state_after_construction():
         layer.step(torch.randn(2, H), torch.zeros(2, H, 2))
     state = layer.default_state(2)
     assert isinstance(state, LiquidState) and state.memory.shape == (2, H, 2)
+
+
+def test_dt_scale_only_at_degree_one(f64):
+    """Irregular sampling (dt_scale) is plain S4's: LiquidS4 takes it at degree 1 (equal to S4)
+    and refuses it with a clear error above."""
+    torch.manual_seed(5)
+    plain = S4(H, d_state=4)
+    torch.manual_seed(5)
+    layer = LiquidS4(H, d_state=4, degree=1)
+    x = torch.randn(2, 10, H)
+    gaps = torch.rand(2, 10) + 0.5
+    assert torch.equal(layer(x, dt_scale=gaps), plain(x, dt_scale=gaps))
+    y, state = layer.step(x[:, 0], layer.default_state(2), dt_scale=gaps[:, 0])
+    y_plain, state_plain = plain.step(x[:, 0], plain.default_state(2), dt_scale=gaps[:, 0])
+    assert torch.equal(y, y_plain) and torch.equal(state.ssm, state_plain)
+    layer.degree = 2
+    with pytest.raises(ValueError, match="degree > 1 does not take dt_scale"):
+        layer(x, dt_scale=gaps)
+    with pytest.raises(ValueError, match="degree > 1 does not take dt_scale"):
+        layer.step(x[:, 0], layer.default_state(2), dt_scale=gaps[:, 0])

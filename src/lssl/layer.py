@@ -92,9 +92,14 @@ class SSMLayer(nn.Module):
         return self.mix(self.dropout(self.activation(y.flatten(-2))))
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, return_state: bool = False, rate: float = 1.0
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        return_state: bool = False,
+        rate: float = 1.0,
+        dt_scale: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Convolutional view.
+        """Convolutional view (or, with `dt_scale`, the irregular-sampling recurrence).
 
         Args:
             x: (B, L, H) input.
@@ -103,6 +108,11 @@ class SSMLayer(nn.Module):
             return_state: also return the state after x[:, -1].
             rate: sampling-rate factor; the SSM runs with step dt * rate (rate = 2: x is
                 sampled half as often as the training data).
+            dt_scale: (B, L) positive time gaps for irregular sampling: sample t follows
+                sample t - 1 after dt_scale[b, t] training steps, so the SSM steps by
+                dt * rate * dt_scale[b, t] there (the first entry is the gap from the state's
+                time). All ones is the plain forward. Cost: see the kernel's `irregular`
+                (S4D a parallel scan; S4 and LSSL a loop over time).
         Returns:
             y (B, L, H), and the final state (B, H, S) if return_state.
         """
@@ -110,6 +120,8 @@ class SSMLayer(nn.Module):
         check_positive("rate", rate)
         if self.bidirectional and (state is not None or return_state):
             raise ValueError("a bidirectional layer has no state: it sees the future of every step")
+        if dt_scale is not None:
+            return self._irregular(x, state, return_state, rate, dt_scale)
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         K = self.kernel(L, rate)  # (C or 2C, H, L)
@@ -128,6 +140,26 @@ class SSMLayer(nn.Module):
             return out, self.kernel.final_state(x, state, rate)
         return out
 
+    def _irregular(
+        self, x: Tensor, state: Tensor | None, return_state: bool, rate: float, dt_scale: Tensor
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`forward` with per-sample time gaps dt_scale (B, L)."""
+        if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:2]:
+            got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
+            raise ValueError(f"dt_scale must have shape (B, L) = {tuple(x.shape[:2])}, got {got}")
+        check_positive("dt_scale", dt_scale)
+        scale = dt_scale.to(x.dtype) * rate  # (B, L)
+        y, final = self.kernel.irregular(x, scale, state)  # (B, C', H, L)
+        if self.bidirectional:
+            # The backward half reads the reversed sequence, where the gap before sample t is
+            # the one after it in forward time (the last sample keeps its own gap).
+            back_scale = torch.cat([scale[:, 1:], scale[:, -1:]], dim=1).flip(1)
+            y_back, _ = self.kernel.irregular(x.flip(1), back_scale)
+            y = y.chunk(2, dim=1)[0] + y_back.chunk(2, dim=1)[1].flip(-1)  # (B, C, H, L)
+        y = y + self.D[..., None] * x.transpose(1, 2)[:, None]  # (B, C, H, L)
+        out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
+        return (out, final) if return_state else out
+
     def default_state(self, batch: int) -> Tensor:
         """The zero state (B, H, S)."""
         return self.kernel.default_state(batch)
@@ -144,17 +176,27 @@ class SSMLayer(nn.Module):
         """The kernel's discrete system at step dt * rate (`SSMKernel.recurrence`)."""
         return self.kernel.recurrence(rate)
 
-    def step(self, x: Tensor, state: Tensor, rate: float = 1.0) -> tuple[Tensor, Tensor]:
+    def step(
+        self, x: Tensor, state: Tensor, rate: float = 1.0, dt_scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Recurrent view: one sample.
 
         Args:
             x: (B, H) input at one time step. state: (B, H, S). rate: as in `forward`.
+            dt_scale: (B,) time gap before this sample, in training steps, for irregularly
+                sampled streams (None: 1); each call then discretises afresh.
         Returns:
             y (B, H) and the new state (B, H, S).
         """
         if self.bidirectional:
             raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
         check_input("x", x, self.d_model, 2)
+        if dt_scale is not None:
+            if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:1]:
+                got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
+                raise ValueError(f"dt_scale must have shape (B,) = {tuple(x.shape[:1])}, got {got}")
+            y, state = self.forward(x[:, None], state, True, rate, dt_scale[:, None])
+            return y[:, 0], state
         y, state = self._recurrence(rate).step(x, state)  # (B, C, H)
         return self._output(y + self.D * x[:, None]), state
 
@@ -403,18 +445,32 @@ class LiquidS4(SSMLayer):
                 "terms are non-causal (its step drops them); use liquid_compat=None for a causal Liquid-S4"
             )
 
+    def _check_dt_scale(self, dt_scale: Tensor | None) -> None:
+        if dt_scale is not None and self.degree > 1:
+            raise ValueError(
+                "LiquidS4 with degree > 1 does not take dt_scale: its liquid terms are products of "
+                "samples on a regular grid (irregular sampling works at degree 1, plain S4)"
+            )
+
     def forward(
-        self, x: Tensor, state: LiquidState | None = None, return_state: bool = False, rate: float = 1.0
+        self,
+        x: Tensor,
+        state: LiquidState | None = None,
+        return_state: bool = False,
+        rate: float = 1.0,
+        dt_scale: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, LiquidState]:
-        """Convolutional view; arguments and shapes as in `SSMLayer.forward`, with a `LiquidState`."""
+        """Convolutional view; arguments and shapes as in `SSMLayer.forward`, with a `LiquidState`
+        (dt_scale only at degree 1)."""
         check_input("x", x, self.d_model, 3)
+        self._check_dt_scale(dt_scale)
         if state is not None or return_state:
             self._check_causal()
         if state is not None:
             self._check_state(state, x.shape[0])
         self.liquid.set_length(x.shape[1])
         if self.degree == 1:
-            out = super().forward(x, None if state is None else state.ssm, return_state, rate)
+            out = super().forward(x, None if state is None else state.ssm, return_state, rate, dt_scale)
             if return_state:
                 y, ssm = out
                 return y, LiquidState(ssm, x.new_zeros(x.shape[0], self.d_model, 0))
@@ -451,13 +507,20 @@ class LiquidS4(SSMLayer):
         K0, _ = ssm.step(ones, self.kernel.default_state(1))  # (1, C, H)
         return LiquidRecurrence(ssm, self.kernel.input_sum(rate), K0)
 
-    def step(self, x: Tensor, state: LiquidState, rate: float = 1.0) -> tuple[Tensor, LiquidState]:
-        """Recurrent view: one sample, x (B, H) -> y (B, H), with the `LiquidState` before and after."""
+    def step(
+        self, x: Tensor, state: LiquidState, rate: float = 1.0, dt_scale: Tensor | None = None
+    ) -> tuple[Tensor, LiquidState]:
+        """Recurrent view: one sample, x (B, H) -> y (B, H), with the `LiquidState` before and after
+        (dt_scale only at degree 1)."""
         if self.bidirectional:
             raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
         self._check_causal()
         check_input("x", x, self.d_model, 2)
+        self._check_dt_scale(dt_scale)
         self._check_state(state, x.shape[0])
+        if dt_scale is not None:
+            y, ssm = super().step(x, state.ssm, rate, dt_scale)
+            return y, LiquidState(ssm, state.memory)
         system = self._recurrence(rate)
         if self.degree == 1:
             y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)

@@ -41,18 +41,20 @@ class Block(nn.Module):
         self.norm = Norm(layer.d_model, norm)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, rate: float = 1.0) -> Tensor:
-        """(B, L, H) -> (B, L, H)."""
+    def forward(self, x: Tensor, rate: float = 1.0, dt_scale: Tensor | None = None) -> Tensor:
+        """(B, L, H) -> (B, L, H); rate and dt_scale (B, L) as in `SSMLayer.forward`."""
         if self.prenorm:
-            return x + self.dropout(self.layer(self.norm(x), rate=rate))
-        return self.norm(x + self.dropout(self.layer(x, rate=rate)))
+            return x + self.dropout(self.layer(self.norm(x), rate=rate, dt_scale=dt_scale))
+        return self.norm(x + self.dropout(self.layer(x, rate=rate, dt_scale=dt_scale)))
 
-    def step(self, x: Tensor, state: Tensor, rate: float = 1.0) -> tuple[Tensor, Tensor]:
-        """(B, H) -> (B, H), one sample."""
+    def step(
+        self, x: Tensor, state: Tensor, rate: float = 1.0, dt_scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(B, H) -> (B, H), one sample; dt_scale (B,) as in `SSMLayer.step`."""
         if self.prenorm:
-            y, state = self.layer.step(self.norm(x), state, rate)
+            y, state = self.layer.step(self.norm(x), state, rate, dt_scale)
             return x + self.dropout(y), state
-        y, state = self.layer.step(x, state, rate)
+        y, state = self.layer.step(x, state, rate, dt_scale)
         return self.norm(x + self.dropout(y)), state
 
 
@@ -120,11 +122,15 @@ class SequenceModel(nn.Module):
         check_finite("x", x)
         return self.encoder(x)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, rate: float = 1.0) -> Tensor:
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, rate: float = 1.0, dt_scale: Tensor | None = None
+    ) -> Tensor:
         """Args:
             x: (B, L, d_input) or (B, L) token ids.
             lengths: (B,) valid lengths for padded batches (padding at the end), or None.
             rate: sampling-rate factor passed to every layer.
+            dt_scale: (B, L) positive time gaps of irregularly sampled inputs, in training
+                steps, passed to every layer (see `SSMLayer.forward`); None for regular steps.
         Returns:
             (B, d_output), or (B, L, d_output) with pooling='none'.
         """
@@ -141,7 +147,7 @@ class SequenceModel(nn.Module):
         for block in self.blocks:
             # Zero the padding before every layer: causal layers never see it anyway, and
             # bidirectional ones must not.
-            h = block(h if mask is None else h * mask, rate=rate)
+            h = block(h if mask is None else h * mask, rate=rate, dt_scale=dt_scale)
         h = self.final_norm(h)
         if self.pooling == "mean":
             h = h.mean(1) if mask is None else (h * mask).sum(1) / lengths[:, None]
@@ -153,11 +159,14 @@ class SequenceModel(nn.Module):
         """The zero state of every layer."""
         return [block.layer.default_state(batch) for block in self.blocks]
 
-    def step(self, x: Tensor, states: list[Tensor], rate: float = 1.0) -> tuple[Tensor, list[Tensor]]:
+    def step(
+        self, x: Tensor, states: list[Tensor], rate: float = 1.0, dt_scale: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
         """Stream one time step through the stack (pooling='none' models).
 
         Args:
             x: (B, d_input) or (B,) token ids. states: from `default_state` or earlier steps.
+            rate, dt_scale: as in `SSMLayer.step` (dt_scale (B,) the gap before this sample).
         Returns:
             y (B, d_output) and the new states.
         """
@@ -166,6 +175,6 @@ class SequenceModel(nn.Module):
         h = self._encode(x)  # (B, H)
         new_states = []
         for block, state in zip(self.blocks, states):
-            h, state = block.step(h, state, rate)
+            h, state = block.step(h, state, rate, dt_scale)
             new_states.append(state)
         return self.decoder(self.final_norm(h)), new_states

@@ -323,6 +323,19 @@ class SSMKernel(nn.Module):
         s = B.sum(-1)
         return s.real if s.is_complex() else s
 
+    def irregular(
+        self, u: Tensor, scale: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """Irregular sampling: the SSM run with a step of its own, dt * scale[b, t], at every
+        sample (the time gap before it), from `state` x_{-1} (None: zeros).
+
+        Args:
+            u: (B, L, H) input. scale: (B, L) positive. state: (B, H, S) or None.
+        Returns:
+            y (B, C, H, L) real, without the D term, and the final state (B, H, S).
+        """
+        raise NotImplementedError
+
     def default_state(self, batch: int) -> Tensor:
         """The zero state x_{-1} (B, H, S): here S = N, real, of the parameters' dtype."""
         check_length("batch", batch)

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import discretize, hippo
 from .._checks import check_choice, check_divides, check_even, check_length, check_positive
+from ..ops.scan import linear_scan
 from ..ops.vandermonde import vandermonde_re, vandermonde_transpose
 from .base import DiagonalRecurrence, DiscreteSSM, Recurrence, SSMKernel, complex_dtype, full
 
@@ -228,3 +229,27 @@ class DiagKernel(SSMKernel):
         if state is not None:
             x = x + torch.exp(u.shape[1] * log_A) * state
         return x
+
+    def irregular(self, u: Tensor, scale: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The SSM output with a step of its own at every sample, x_t = A_bar_t x_{t-1} +
+        B_bar_t u_t at step dt * scale[b, t] (exact for piecewise-constant input with ZOH), by a
+        parallel scan (`ops.scan.linear_scan`), no loop over time: O(B H N L log L) time and
+        O(B H N L) memory.
+
+        Args:
+            u: (B, L, H) input. scale: (B, L) positive step factors (time gap before each
+                sample, in units of dt). state: x_{-1} (B, H, N/2) complex, or None (zeros).
+        Returns:
+            y (B, C, H, L) real, without the D term, and the final half state (B, H, N/2).
+        """
+        copies = self.d_model // self.n_ssm
+        lam = self.Lambda.repeat(copies, 1)  # (H, N/2)
+        B = self.complex("B").repeat(copies, 1)  # (H, N/2)
+        dt = scale[..., None] * self.dt  # (B, L, H)
+        A_bar, B_bar = discretize.DIAGONAL[self.disc](lam, B, dt)  # (B, L, H, N/2) each
+        b = B_bar * u[..., None]  # (B, L, H, N/2)
+        if state is not None:
+            b = torch.cat([b[:, :1] + A_bar[:, :1] * state[:, None], b[:, 1:]], dim=1)
+        x = linear_scan(A_bar.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1))  # (B, H, N/2, L)
+        y = 2 * torch.einsum("chn,bhnl->bchl", torch.view_as_complex(self.C), x).real
+        return y, x[..., -1]

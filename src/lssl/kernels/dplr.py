@@ -156,21 +156,25 @@ def bilinear_dplr(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor
     b = 2 D B - U beta, beta = 2 Re(P^* D 2B) (Woodbury applied to 2B).
 
     Args:
-        lam: (H, N/2) complex. P: (r, H, N/2) complex. B: (H, N/2) complex. dt: (H,) step.
+        lam: (H, N/2) complex. P: (r, H, N/2) complex. B: (H, N/2) complex.
+        dt: (..., H) steps, with any leading batch dims (one step per sample for irregular
+            sampling).
     Returns:
-        a (H, N/2), b (H, N/2), U (r, H, N/2), V (r, H, N/2), all complex.
+        a (..., H, N/2), b (..., H, N/2), U (r, ..., H, N/2), V (r, ..., H, N/2), all complex.
     """
-    h = (dt / 2)[:, None]  # (H, 1)
-    D = h / (1 - h * lam)  # (H, N/2)
-    a = (1 + h * lam) / (1 - h * lam)  # (H, N/2)
-    PD = P.conj() * D  # (r, H, N/2)
+    h = (dt / 2)[..., None]  # (..., H, 1)
+    D = h / (1 - h * lam)  # (..., H, N/2)
+    a = (1 + h * lam) / (1 - h * lam)  # (..., H, N/2)
     r = P.shape[0]
-    S = torch.eye(r, dtype=h.dtype, device=h.device) + 2 * torch.einsum("rhn,shn->hrs", PD, P).real  # (H, r, r)
-    S_inv = small_inverse(S.permute(1, 2, 0)).permute(2, 0, 1)  # (H, r, r)
-    U = torch.einsum("hrs,rhn->shn", S_inv.to(P.dtype), D * P)  # (r, H, N/2)
-    V = (2 / h) * PD  # (r, H, N/2)
-    beta = 2 * (PD * 2 * B).sum(-1).real  # (r, H)
-    b = 2 * D * B - (U * beta[..., None]).sum(0)  # (H, N/2)
+    P = P.reshape(r, *(1,) * (D.dim() - 2), *P.shape[1:])  # (r, 1.., H, N/2)
+    PD = P.conj() * D  # (r, ..., H, N/2)
+    S = torch.eye(r, dtype=h.dtype, device=h.device).reshape(r, r, *(1,) * (D.dim() - 1))
+    S = S + 2 * (PD[:, None] * P[None]).sum(-1).real  # (r, r, ..., H)
+    S_inv = small_inverse(S)  # (r, r, ..., H)
+    U = (S_inv[..., None] * (D * P)[:, None]).sum(0)  # (r, ..., H, N/2)
+    V = (2 / h) * PD  # (r, ..., H, N/2)
+    beta = 2 * (PD * 2 * B).sum(-1).real  # (r, ..., H)
+    b = 2 * D * B - (U * beta[..., None]).sum(0)  # (..., H, N/2)
     return a, b, U, V
 
 
@@ -364,3 +368,27 @@ class DPLRKernel(SSMKernel):
         a, b, U, V = self._step_system(rate)
         x0 = None if state is None else full(state)
         return dense_final_state(dplr_dense(a, U, V), full(b), u, x0)[..., : a.shape[-1]]
+
+    def irregular(self, u: Tensor, scale: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The SSM output with a step of its own at every sample, x_t = A_bar_t x_{t-1} +
+        B_bar_t u_t (bilinear at step dt * scale[b, t]), with the plain C of `forward(L)` at
+        rate 1. The O(N r) DPLR step system of every (b, t) is built at once; the states then
+        follow by a Python loop over time, O(B H N r) per sample (a handful of small ops each).
+
+        Args:
+            u: (B, L, H) input. scale: (B, L) positive step factors (time gap before each
+                sample, in units of dt). state: x_{-1} (B, H, N/2) complex, or None (zeros).
+        Returns:
+            y (B, C, H, L) real, without the D term, and the final half state (B, H, N/2).
+        """
+        lam, P, B = self._ssm()
+        a, _, U, V = bilinear_dplr(lam, P, B, self.dt)
+        C = self._plain_C(dplr_dense(a, U, V), 1.0)[..., : a.shape[-1]]  # (C, H, N/2)
+        a, b, U, V = bilinear_dplr(lam, P, B, scale[..., None] * self.dt)  # (B, L, H, N/2), (r, B, L, H, N/2)
+        x = self.default_state(u.shape[0]) if state is None else state
+        ys = []
+        for t in range(u.shape[1]):
+            low_rank = (U[:, :, t] * 2 * (V[:, :, t] * x).sum(-1, keepdim=True).real).sum(0)  # (B, H, N/2)
+            x = a[:, t] * x + b[:, t] * u[:, t, :, None] - low_rank
+            ys.append(2 * torch.einsum("chn,bhn->bch", C, x).real)
+        return torch.stack(ys, dim=-1), x

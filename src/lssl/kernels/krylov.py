@@ -137,3 +137,25 @@ class KrylovKernel(SSMKernel):
         self._check_call(L, rate)
         A_bar, B_bar = self._discretize(rate)
         return DiscreteSSM(A_bar, B_bar, self.C)
+
+    def irregular(self, u: Tensor, scale: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The SSM output with a step of its own at every sample, x_t = A_bar_t x_{t-1} +
+        B_bar_t u_t, discretised (`disc`) at step dt * scale[b, t]: a Python loop over time
+        that discretises the dense A for every sequence at every sample, O(B H N^3) per sample
+        (one batched solve or matrix exponential) on top of the O(B H N^2) step. Regular
+        sampling (`forward`, `rate`) is far cheaper.
+
+        Args:
+            u: (B, L, H) input. scale: (B, L) positive step factors (time gap before each
+                sample, in units of dt). state: x_{-1} (B, H, N), or None (zeros).
+        Returns:
+            y (B, C, H, L) real, without the D term, and the final state (B, H, N).
+        """
+        A, B = self.transition.dense()
+        x = self.default_state(u.shape[0]) if state is None else state
+        ys = []
+        for t in range(u.shape[1]):
+            A_bar, B_bar = discretize.DENSE[self.disc](A, B, scale[:, t, None] * self.dt)  # (B, H, N, N), (B, H, N)
+            x = (A_bar @ x[..., None])[..., 0] + B_bar * u[:, t, :, None]
+            ys.append(torch.einsum("chn,bhn->bch", self.C, x))
+        return torch.stack(ys, dim=-1), x

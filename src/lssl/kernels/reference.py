@@ -2,6 +2,8 @@
 
 * `kernel`: K_l = Re(C A_bar^l B_bar) by explicit repeated multiplication.
 * `recurrence`: the explicit loop x_t = A_bar x_{t-1} + B_bar u_t, y_t = Re(C x_t) + D u_t.
+* `varying_recurrence`: the same loop with a system of its own at every sample (irregular
+  sampling).
 * `causal_conv`: y_t = sum_{i <= t} K_i u_{t-i} by a double loop over time.
 * `liquid_recurrence`: the Liquid-S4 recurrence x_t = A_bar x_{t-1} + B_bar u_t (1 + 1^T x_{t-1}).
 * `liquid_enumeration`: its correlation terms (and the KB / PB simplifications of their weights),
@@ -54,6 +56,30 @@ def recurrence(
         x = torch.einsum("hnm,bhm->bhn", A, x) + B * u[:, t, :, None]
         ys.append(torch.einsum("chn,bhn->bch", C, x).real + D * u[:, t, None, :])
     return torch.stack(ys, dim=1), x
+
+
+def varying_recurrence(
+    A: Tensor, B: Tensor, C: Tensor, u: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Run x_t = A_t x_{t-1} + B_t u_t, y_t = Re(C x_t) with a discrete system per sequence
+    and sample, sequence by sequence and step by step.
+
+    Args:
+        A: (B, L, H, N, N). B: (B, L, H, N). C: (C, H, N). u: (B, L, H).
+        state: (B, H, N) initial state x_{-1} (zeros if None).
+    Returns:
+        y (B, C, H, L) real and the final state x_{L-1} (B, H, N).
+    """
+    batch, L, H = u.shape
+    y = torch.zeros(batch, C.shape[0], H, L, dtype=A.real.dtype, device=u.device)
+    finals = []
+    for b in range(batch):
+        x = torch.zeros(H, A.shape[-1], dtype=A.dtype, device=u.device) if state is None else state[b]
+        for t in range(L):
+            x = torch.einsum("hnm,hm->hn", A[b, t], x) + B[b, t] * u[b, t, :, None]
+            y[b, :, :, t] = torch.einsum("chn,hn->ch", C, x).real
+        finals.append(x)
+    return y, torch.stack(finals)
 
 
 def causal_conv(u: Tensor, K: Tensor) -> Tensor:

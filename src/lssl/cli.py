@@ -1,0 +1,180 @@
+"""The `lssl` command line (also `python -m lssl`).
+
+    lssl train CONFIG [--resume [CHECKPOINT]] [--section.field=value ...]
+    lssl eval CHECKPOINT [--split test] [--rate 2] [--batch-size N] [--device auto]
+    lssl bench [kernels|layers|all] [--quick]
+    lssl info
+    lssl data list | prepare NAME [--root DIR] [-o KEY=VALUE]
+
+Mistakes in the input (a missing file, an unknown config field, a bad value, a corrupt
+checkpoint) are printed as one line `lssl: error: ...` with exit code 2; a diverged run exits
+with code 1, naming its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .data import cli as data_cli
+from .errors import UserError
+
+BENCHMARKS = ("kernels", "layers")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import config
+    from .train import fit
+
+    cfg = config.load(args.config, args.overrides)
+    results = fit(cfg, resume=args.resume)
+    _print_results(results)
+    return 0
+
+
+def _print_results(results: dict) -> None:
+    print(f"run directory: {results['run_dir']} ({results['epochs']} epochs, {results['steps']} steps)")
+    if results["stopped_early"]:
+        print("stopped at train.max_steps; continue with --resume")
+        return
+    for name, r in results.items():
+        if isinstance(r, dict):
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
+            print(f"{name}: {shown}")
+    print(f"report: {Path(results['run_dir']) / 'report.md'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate
+
+    result = evaluate(args.checkpoint, split=args.split, rate=args.rate, batch_size=args.batch_size,
+                      device=args.device, progress=True)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def benchmark_dir() -> Path:
+    """benchmarks/ of the source checkout this package is installed from."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not (path / "kernels.py").is_file():
+        raise UserError("the benchmarks are not installed with the package; run `lssl bench` from a source checkout")
+    return path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    root = benchmark_dir()
+    names = BENCHMARKS if args.which == "all" else (args.which,)
+    for name in names:
+        command = [sys.executable, str(root / f"{name}.py"), *(["--quick"] if args.quick else [])]
+        if args.out:
+            command += ["--out", str(Path(args.out) / f"{name}.md")]
+        code = subprocess.call(command, cwd=root.parent)
+        if code:
+            return code
+    return 0
+
+
+def info_lines() -> list[str]:
+    """Versions, threads and devices."""
+    import torch
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    from . import __version__
+
+    lines = [
+        f"lssl {__version__}",
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__}",
+        *(f"{name} {version(name)}" for name in ("numpy", "safetensors", "tqdm", "matplotlib")),
+        f"threads: torch {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op; "
+        f"{os.cpu_count()} CPUs",
+        f"cuda: {torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "cuda: not available",
+    ]
+    lines += [f"  cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    lines.append(f"distributed: {'available' if torch.distributed.is_available() else 'not available'}")
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print("\n".join(info_lines()))
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser and its sub-command set (other modules add theirs with `add_parser`)."""
+    parser = argparse.ArgumentParser(
+        prog="lssl", description="Train and evaluate linear state-space sequence models (LSSL, S4, S4D, Liquid-S4).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an experiment config",
+                       description="Train CONFIG (a TOML file in configs/); the run goes to OUT/NAME/.",
+                       epilog="overrides: --section.field=value, e.g. --model.d_state=64 --train.lr=2e-3 "
+                              "--data.options.n_train=1000 --name=smoke (values are TOML literals)")
+    p.add_argument("config", help="experiment TOML file")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run from its last checkpoint (or from CHECKPOINT)")
+    p.set_defaults(func=cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Score CHECKPOINT on one split.")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint (runs/NAME/checkpoints/best.safetensors)")
+    p.add_argument("--split", default="test", help="train, val, test or an extra split such as test_8k (default test)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="sampling-rate factor: decimate the split by it (x[::rate]) and run the model at dt*rate")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the training batch size")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="run the speed/memory benchmarks",
+                       description="Run benchmarks/kernels.py and/or benchmarks/layers.py (source checkout).")
+    p.add_argument("which", nargs="?", default="all", choices=(*BENCHMARKS, "all"))
+    p.add_argument("--quick", action="store_true", help="only the short shapes")
+    p.add_argument("--out", default=None, help="directory for the markdown tables")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="versions, threads and devices")
+    p.set_defaults(func=cmd_info)
+
+    data_cli.add_commands(sub)
+    return parser, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    bad = [e for e in extra if "=" not in e or not e.startswith("--")]
+    if bad:
+        parser.error(f"overrides must look like --section.field=value, got {' '.join(bad)}")
+    args.overrides = extra
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .train import Diverged
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"lssl: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"lssl: training diverged: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lssl: interrupted (continue a training run with --resume)", file=sys.stderr)
+        return 130

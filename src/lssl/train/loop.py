@@ -1,0 +1,472 @@
+"""Training and evaluation, top to bottom: `fit(config)` trains a `SequenceModel` and
+`evaluate(checkpoint)` scores one.
+
+`fit` reads as the steps of a run: set up processes and device, load the data, build the model
+under the config's seed, build AdamW (groups from the layers' hints) and the schedule, restore a
+checkpoint if resuming, then loop over epochs and batches, evaluate on the validation split
+after every epoch, checkpoint, and finally score the best model on the test split and every
+extra split at its sampling rate, and write the report.
+
+Several processes (launched by `torchrun`, which sets RANK, WORLD_SIZE and LOCAL_RANK) train
+data-parallel with DistributedDataParallel; the global batch `train.batch_size` is split
+evenly, so W processes see the same global batches as one (see `batches`). Process 0 writes
+the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .. import config as cfgmod
+from ..config import Config, DataConfig, ModelConfig
+from ..errors import UserError
+from ..model import SequenceModel
+from . import batches, checkpoint, metrics, optim, report
+
+log = logging.getLogger("lssl.train")
+
+Tensor = torch.Tensor
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Processes:
+    """This process's place in a data-parallel job (world 1: a single process)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(device_kind: str) -> Processes:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    procs = Processes(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return procs
+
+
+def pick_device(name: str, procs: Processes) -> torch.device:
+    """'auto' is CUDA (this process's local GPU) when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("train.device='cuda' but no CUDA device is available; use train.device='cpu'")
+        torch.cuda.set_device(procs.local_rank)
+        return torch.device("cuda", procs.local_rank)
+    return torch.device("cpu")
+
+
+def load_data(data: DataConfig) -> Any:
+    """The DataSpec of `data` through `lssl.data.load`."""
+    from .. import data as lssl_data
+
+    options = dict(data.options)
+    if data.root:
+        options["root"] = data.root
+    return lssl_data.load(data.name, **options)
+
+
+def model_arguments(model: ModelConfig, spec: Any) -> dict[str, Any]:
+    """`SequenceModel` keyword arguments for a model config on a data set."""
+    tokens = getattr(spec, "vocab_size", None)
+    return {
+        "d_input": None if tokens else spec.d_input,
+        "d_output": spec.d_output,
+        "vocab_size": tokens,
+        "d_model": model.d_model,
+        "n_layers": model.n_layers,
+        "layer": model.layer,
+        "layer_args": {"d_state": model.d_state, **model.layer_args},
+        "norm": model.norm,
+        "prenorm": model.prenorm,
+        "dropout": model.dropout,
+        "pooling": model.pooling,
+    }
+
+
+def build_model(args: dict[str, Any]) -> SequenceModel:
+    """The model of `model_arguments`; bad settings are a UserError naming the config field."""
+    try:
+        return SequenceModel(**args)
+    except TypeError as e:  # an unknown keyword in layer_args
+        raise UserError(f"model.layer_args: {e}") from e
+    except ValueError as e:
+        raise UserError(f"model config: {e}") from e
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast, or nothing; fp16 needs CUDA (its loss scaling is CUDA's)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp='fp16' needs a CUDA device; use train.amp='bf16' on CPU")
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def forward(model: nn.Module, batch: dict[str, Tensor], rate: float = 1.0) -> Tensor:
+    """The model on a collated batch; per-step time gaps are passed only when the data has them."""
+    kwargs: dict[str, Any] = {"lengths": batch["lengths"]}
+    if "dt_scale" in batch:
+        kwargs["dt_scale"] = batch["dt_scale"]
+    if rate != 1.0:
+        kwargs["rate"] = rate
+    return model(batch["x"], **kwargs)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def score(model: nn.Module, loader: Any, task: str, device: torch.device, dtype: torch.dtype, procs: Processes,
+          rate: float = 1.0, amp: str = "none", desc: str = "eval", progress: bool = False) -> dict[str, float]:
+    """Mean loss and metric of `model` over `loader` (summed over all processes)."""
+    was_training = model.training
+    model.eval()
+    totals = metrics.Totals(task)
+    for batch in tqdm(loader, desc=desc, disable=not (progress and procs.main), leave=False, unit="batch"):
+        batch = batches.to_device(batch, device, dtype)
+        with autocast(device, amp):
+            out = forward(model, batch, rate)
+        out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
+        totals.add(out, batch["y"], metrics.loss(task, out, batch["y"]))
+    model.train(was_training)
+    if procs.world > 1:
+        t = totals.as_tensor().to(device)
+        dist.all_reduce(t)
+        totals = metrics.Totals.from_tensor(task, t.cpu())
+    return totals.result()
+
+
+def splits(spec: Any) -> dict[str, Any]:
+    """Every split of a DataSpec by name: train, val, test and the extra ones."""
+    return {"train": spec.train, "val": spec.val, "test": spec.test, **dict(spec.extra)}
+
+
+def select_split(spec: Any, split: str, rate: float | None) -> tuple[Any, float]:
+    """The dataset to evaluate and the model's rate for it. A split with its own rate (e.g.
+    test_8k: 2.0) is read at that rate; `rate` on a split at the training rate decimates it
+    (x[::rate], integer rates)."""
+    available = splits(spec)
+    if split not in available:
+        raise UserError(f"unknown split {split!r}; this data set has: {', '.join(available)}")
+    native = float(dict(spec.rates).get(split, 1.0))
+    if rate is None or rate == native:
+        return available[split], native
+    if native != 1.0:
+        raise UserError(f"split {split!r} is already sampled at rate {native}; evaluate it without --rate")
+    if rate != int(rate) or rate < 1:
+        raise UserError(f"--rate must be a positive integer to decimate split {split!r}, got {rate}")
+    return batches.Decimated(available[split], int(rate)), float(rate)
+
+
+def evaluate(
+    path: str | Path, split: str = "test", rate: float | None = None, data: Any = None,
+    batch_size: int | None = None, device: str = "auto", progress: bool = False,
+) -> dict[str, Any]:
+    """Score a checkpoint on one split.
+
+    Args:
+        path: a checkpoint file (runs/NAME/checkpoints/best.safetensors, ...).
+        split: 'test', 'val', 'train' or an extra split of the data set (e.g. 'test_8k').
+        rate: evaluate at this sampling-rate factor: a split at the training rate is decimated
+            by it (x[::rate]); None reads the split at its own rate.
+        data: the DataSpec (default: loaded from the checkpoint's config).
+        batch_size: default: the training batch size.
+    Returns:
+        {'split', 'rate', 'loss', metric, 'n'}.
+    """
+    tensors, meta = checkpoint.read(path)
+    cfg = cfgmod.from_dict(meta["config"])
+    spec = data if data is not None else load_data(cfg.data)
+    dataset, model_rate = select_split(spec, split, rate)
+    procs = Processes()
+    dev = pick_device(device, procs)
+    dtype = DTYPES[cfg.train.dtype]
+    model = build_model(meta["model_args"]).to(device=dev, dtype=dtype)
+    checkpoint.load_weights(model, tensors, path)
+    loader = batches.eval_loader(dataset, spec.collate, batch_size or cfg.train.batch_size, 1, 0, cfg.data.num_workers)
+    result = score(model, loader, spec.task, dev, dtype, procs, model_rate, cfg.train.amp, desc=f"eval {split}",
+                   progress=progress)
+    return {"split": split, "rate": model_rate, **result}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Progress:
+    """Where a run is: the next epoch and batch within it, optimizer steps so far, the best
+    validation metric, and one history row per finished epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: list[float] = field(default_factory=list)  # this epoch's training totals so far
+
+
+def run_paths(cfg: Config) -> dict[str, Path]:
+    root = Path(cfg.out) / cfg.name
+    return {"root": root, "last": root / "checkpoints" / "last.safetensors",
+            "best": root / "checkpoints" / "best.safetensors"}
+
+
+def rng_state() -> tuple[Tensor, dict[str, Any]]:
+    """This process's torch RNG state (tensor) and Python/NumPy states (JSON)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py = random.getstate()
+    return torch.get_rng_state(), {"python": [py[0], list(py[1]), py[2]],
+                                   "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(torch_state: Tensor, other: dict[str, Any]) -> None:
+    torch.set_rng_state(torch_state)
+    version, state, gauss = other["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = other["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _gather(obj: Any, procs: Processes) -> list[Any]:
+    if procs.world == 1:
+        return [obj]
+    out: list[Any] = [None] * procs.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def save_checkpoint(path: Path, cfg: Config, model_args: dict[str, Any], model: nn.Module,
+                    opt: torch.optim.Optimizer, sched: Any, prog: Progress, procs: Processes) -> None:
+    """Collective: every process contributes its RNG state; process 0 writes the file."""
+    torch_rng, other_rng = rng_state()
+    cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    states = _gather((torch_rng, cuda_rng, other_rng), procs)
+    if not procs.main:
+        return
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = checkpoint.optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    for r, (t, c, _) in enumerate(states):
+        tensors[f"rng.torch.{r}"] = t
+        if c is not None:
+            tensors[f"rng.cuda.{r}"] = c
+    meta = {
+        "config": cfgmod.to_dict(cfg), "model_args": model_args, "optimizer": opt_meta,
+        "scheduler": optim.schedule_state(sched), "rng": [s[2] for s in states],
+        "progress": {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "best": prog.best,
+                     "best_epoch": prog.best_epoch, "partial": prog.partial, "world": procs.world},
+        "history": prog.history,
+    }
+    checkpoint.save(path, tensors, meta)
+
+
+def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+            procs: Processes) -> Progress:
+    """Load a checkpoint written by `save_checkpoint` into the run's objects; refuse one from a
+    different model, data set, seed or number of processes."""
+    tensors, meta = checkpoint.read(path)
+    saved = meta["config"]
+    now = cfgmod.to_dict(cfg)
+    differ = [f"{s}.{k}" for s in ("model", "data") for k in now[s] if saved[s].get(k) != now[s][k]]
+    differ += [k for k in ("seed",) if saved.get(k) != now[k]]
+    if differ:
+        raise UserError(f"checkpoint {str(path)!r} is incompatible with this config: {', '.join(differ)} differ")
+    p = meta["progress"]
+    if p["world"] != procs.world:
+        raise UserError(f"checkpoint {str(path)!r} was written by {p['world']} process(es); resume it with the same number")
+    checkpoint.load_weights(model, tensors, path)
+    checkpoint.load_optimizer(opt, tensors, meta["optimizer"])
+    optim.load_schedule_state(sched, meta["scheduler"])
+    set_rng_state(tensors[f"rng.torch.{procs.rank}"], meta["rng"][procs.rank])
+    if f"rng.cuda.{procs.rank}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"])
+    return Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"])
+
+
+def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> dict[str, Any]:
+    """Train `config` and return its results.
+
+    Args:
+        config: the resolved experiment (see `lssl.config`).
+        data: its DataSpec (default: `lssl.data.load(config.data.name, **config.data.options)`).
+        resume: False (a new run; refuses a run directory that has checkpoints), True (continue
+            from the run's last checkpoint) or a checkpoint path.
+    Returns:
+        {'run_dir', 'epochs', 'steps', 'best_epoch', 'val': {...}, 'test': {...}, <extra split>:
+        {...}, 'stopped_early': bool}, each split result with 'rate', 'loss', its metric, 'n'.
+    Raises:
+        Diverged: the loss became NaN or Inf (the last checkpoint written is still good).
+    """
+    cfg = cfgmod.validate(config)
+    tc = cfg.train
+    procs = start_processes("cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device, dtype = pick_device(tc.device, procs), DTYPES[tc.dtype]
+    if tc.batch_size % procs.world:
+        raise UserError(f"train.batch_size={tc.batch_size} must be divisible by the {procs.world} processes")
+    local_batch = tc.batch_size // procs.world
+    paths = run_paths(cfg)
+    if not resume and paths["last"].exists():
+        raise UserError(f"{paths['root']} already holds a run; continue it with --resume or pick another --name")
+    spec = data if data is not None else load_data(cfg.data)
+    task = spec.task
+
+    seed_everything(cfg.seed)
+    model_args = model_arguments(cfg.model, spec)
+    model = build_model(model_args).to(device=device, dtype=dtype)
+    seed_everything(cfg.seed + procs.rank)  # per-process stream for dropout
+    opt = optim.optimizer(model, tc)
+    per_rank = math.ceil(len(spec.train) / procs.world)
+    steps_per_epoch = math.ceil(per_rank / local_batch)
+    sched = optim.scheduler(opt, tc, steps_per_epoch, metrics.MODE[task])
+    prog = Progress()
+    if resume:
+        ckpt = paths["last"] if resume is True else Path(resume)
+        prog = restore(ckpt, cfg, model, opt, sched, procs)
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", ckpt, prog.epoch + 1, prog.batch, prog.step)
+    if procs.main:
+        paths["root"].mkdir(parents=True, exist_ok=True)
+        (paths["root"] / "config.toml").write_text(cfgmod.dumps(cfg))
+        report.write_csv(paths["root"] / "metrics.csv", prog.history)
+    net = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+    val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if prog.best_epoch > 0:
+        best_tensors, _ = checkpoint.read(paths["best"])
+        best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
+                      for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
+
+    def checkpoint_to(path: Path) -> None:
+        save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
+
+    stopped = False
+    while prog.epoch < tc.epochs and not stopped:
+        loader = batches.train_loader(spec.train, spec.collate, local_batch, procs.world, procs.rank, cfg.seed,
+                                      prog.epoch, prog.batch, cfg.data.num_workers)
+        totals = metrics.Totals.from_tensor(task, torch.tensor(prog.partial, dtype=torch.float64)) if prog.batch else metrics.Totals(task)
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, initial=prog.batch, desc=f"epoch {prog.epoch + 1}/{tc.epochs}",
+                   disable=not (tc.progress and procs.main), unit="batch", dynamic_ncols=True)
+        net.train()
+        for batch in bar:
+            batch = batches.to_device(batch, device, dtype)
+            with autocast(device, tc.amp):
+                out = forward(net, batch)
+            out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
+            loss = metrics.loss(task, out, batch["y"])
+            finite = torch.isfinite(loss.detach()).to(torch.int32)
+            if procs.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
+                last = paths["last"]
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise Diverged(
+                    f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
+                    f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.grad_clip > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step()
+            totals.add(out, batch["y"], loss)
+            prog.partial = totals.as_tensor().tolist()
+            seen += batch["y"].shape[0] * procs.world
+            prog.batch += 1
+            prog.step += 1
+            r = totals.result()
+            bar.set_postfix({"loss": f"{r['loss']:.4f}", metrics.METRIC[task]: f"{r[metrics.METRIC[task]]:.4f}",
+                             "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
+            if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
+                checkpoint_to(paths["last"])
+            if tc.max_steps and prog.step >= tc.max_steps:
+                stopped = True
+                break
+        bar.close()
+        if stopped and prog.batch < steps_per_epoch:
+            checkpoint_to(paths["last"])
+            break
+        train_result = totals.result() if procs.world == 1 else _reduce_totals(totals, task, device)
+        val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
+        metric = metrics.METRIC[task]
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val[metric])
+        prog.history.append({
+            "epoch": prog.epoch + 1, "step": prog.step, "train_loss": train_result["loss"],
+            f"train_{metric}": train_result[metric], "val_loss": val["loss"], f"val_{metric}": val[metric],
+            "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+        })
+        if metrics.better(task, val[metric], prog.best):
+            prog.best, prog.best_epoch = val[metric], prog.epoch + 1
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
+        checkpoint_to(paths["last"])
+        if prog.best_epoch == prog.epoch:
+            checkpoint_to(paths["best"])
+        if procs.main:
+            report.write_csv(paths["root"] / "metrics.csv", prog.history)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f", prog.epoch, train_result["loss"],
+                     val["loss"], metric, val[metric])
+
+    stopped = prog.epoch < tc.epochs
+    results: dict[str, Any] = {"run_dir": str(paths["root"]), "epochs": prog.epoch, "steps": prog.step,
+                               "best_epoch": prog.best_epoch, "stopped_early": stopped}
+    if stopped:
+        log.info("stopped after %d steps (train.max_steps); continue with --resume", prog.step)
+        return results
+    model.load_state_dict(best_state)
+    for name in ("val", "test", *dict(spec.extra)):
+        dataset, rate = select_split(spec, name, None)
+        loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+        results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
+                                              progress=tc.progress)}
+    if procs.main:
+        report.write(paths["root"], cfg, spec, model, prog.history, results)
+    return results
+
+
+def _reduce_totals(totals: metrics.Totals, task: str, device: torch.device) -> dict[str, float]:
+    t = totals.as_tensor().to(device)
+    dist.all_reduce(t)
+    return metrics.Totals.from_tensor(task, t.cpu()).result()
