@@ -11,18 +11,13 @@ import pytest
 from lssl import config
 from lssl.data import DATASETS
 from lssl.errors import UserError
-from lssl.layer import LAYERS
 from lssl.train.loop import build_model, model_arguments
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 
 
 def _param(path: Path):
-    # Liquid-S4 rows need the LiquidS4 layer; until it is registered their model cannot build.
-    needs_liquid = 'layer = "liquid"' in path.read_text()
-    return pytest.param(path, id=str(path.relative_to(path.parents[1] if path.parent.name == "paper" else path.parent)),
-                        marks=pytest.mark.xfail(needs_liquid and "liquid" not in LAYERS, strict=True,
-                                                reason="LiquidS4 is not registered in lssl.LAYERS"))
+    return pytest.param(path, id=str(path.relative_to(path.parents[1] if path.parent.name == "paper" else path.parent)))
 
 
 def test_every_paper_row_has_a_config():

@@ -519,8 +519,11 @@ class LiquidS4(SSMLayer):
         self._check_dt_scale(dt_scale)
         self._check_state(state, x.shape[0])
         if dt_scale is not None:
-            y, ssm = super().step(x, state.ssm, rate, dt_scale)
-            return y, LiquidState(ssm, state.memory)
+            if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:1]:
+                got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
+                raise ValueError(f"dt_scale must have shape (B,) = {tuple(x.shape[:1])}, got {got}")
+            y, state = self.forward(x[:, None], state, True, rate, dt_scale[:, None])
+            return y[:, 0], state
         system = self._recurrence(rate)
         if self.degree == 1:
             y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)
