@@ -517,6 +517,17 @@ def test_official_bidirectional_pb(f64):
     assert_close(layer(x) - plain(x), c[0] * v.flip(1) + c[1] * v)
 
 
+def test_official_pb_vanishes_when_the_last_samples_do(f64):
+    """Spec E15(d): the official PB correction is 0 when u vanishes on the final n_p steps, for
+    every order (n_2 = 9, n_3 = 7, n_4 = 7 at L = 30), whatever the earlier samples."""
+    layer = _compat("pb", 4)
+    plain = _compat("pb", 1)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 30, H)
+    x[:, -9:] = 0
+    assert (layer(x) - plain(x)).abs().max() == 0
+
+
 def test_official_short_sequence_raises_clearly():
     with pytest.raises(ValueError, match="no correlation window for L=4 at order 2"):
         _compat("pb", 2)(torch.randn(1, 4, H))
