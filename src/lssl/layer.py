@@ -429,7 +429,10 @@ class LiquidS4(SSMLayer):
 
     def _check_state(self, state: Any, batch: int) -> None:
         if not isinstance(state, LiquidState):
-            raise ValueError(f"state must be a LiquidState (from default_state, step or return_state=True), got {type(state).__name__}")
+            raise ValueError(
+                "state must be a LiquidState (from default_state, step or return_state=True), "
+                f"got {type(state).__name__}"
+            )
         M = self.liquid.memory_size()
         expected = (batch, self.d_model, M)
         if tuple(state.memory.shape) != expected:

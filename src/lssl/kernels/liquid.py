@@ -249,7 +249,8 @@ class PrefixPolynomial(torch.autograd.Function):
         Q = c64.shape[0] - 1
         g = grad_w.double()
         gx = g * x64
-        grad_c = torch.stack([gx.sum(-1)] + [torch.einsum("bhn,bhn->bh", gx[..., 1:], E[q][..., :-1]) for q in range(1, Q + 1)])
+        # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
+        grad_c = torch.stack([gx.sum(-1)] + [(gx[..., 1:] * E[q][..., :-1]).sum(-1) for q in range(1, Q + 1)])
         if c64.shape[1] == 1:
             grad_c = grad_c.sum(1, keepdim=True)
         # The chunk's e_q have d e_q / d x_i = sum_j (-x_i)^{j-1} e_{q-j}(chunk): constants added
@@ -533,7 +534,8 @@ class PolyB(LiquidTerm):
     def _check_window(self, degree: int) -> None:
         if self.window is not None and self.window < degree:
             raise ValueError(
-                f"window must be >= degree (an order-p product needs p samples), got window={self.window}, degree={degree}"
+                "window must be >= degree (an order-p product needs p samples), "
+                f"got window={self.window}, degree={degree}"
             )
 
     @LiquidTerm.degree.setter
