@@ -110,16 +110,20 @@ def window_sums(S: Tensor, window: int) -> Tensor:
 
 
 def reverse_window_sums(G: Tensor, window: int) -> Tensor:
-    """The adjoint of the causal window sums applied to G: R_i = sum_{k=i..min(i+W-1, n-1)} G_k,
-    from C = cumsum(G): R_i = C_{min(i+W-1, n-1)} - C_{i-1} (C_{-1} = 0).
+    """The adjoint of the causal window sums applied to G: R_i = sum_{k=i..min(i+W-1, n-1)} G_k.
 
     Args:
         G: (..., n). window: W >= 1.
     Returns:
         (..., n).
     """
-    n = G.shape[-1]
-    C = G.cumsum(-1)
+    return reverse_window_sums_of_prefix(G.cumsum(-1), window)
+
+
+def reverse_window_sums_of_prefix(C: Tensor, window: int) -> Tensor:
+    """`reverse_window_sums` from the prefix sums C = cumsum(G):
+    R_i = C_{min(i+W-1, n-1)} - C_{i-1} (C_{-1} = 0), so one cumsum serves several windows."""
+    n = C.shape[-1]
     if window >= n:
         return C[..., -1:] - nn.functional.pad(C[..., :-1], (1, 0))
     y = torch.empty_like(C)
@@ -196,6 +200,7 @@ class WindowPolynomial(torch.autograd.Function):
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
         x64, a64, *saved = ctx.saved_tensors
         g = grad_z.double()
+        g_prefix = g.cumsum(-1)  # shared by the e_0 = 1 terms of every window
         grad_x = None
         grad_a = torch.empty_like(a64)
         for W, orders in ctx.groups:
@@ -203,12 +208,18 @@ class WindowPolynomial(torch.autograd.Function):
             e, saved = [1.0, *saved[:top]], saved[top:]
             for p in orders:
                 grad_a[p - 2, :, 0] = (g * e[p]).sum((0, 2))
-            # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1).
-            r = []
-            for j in range(1, top + 1):
-                coeff = sum(a64[p - 2] * e[p - j] for p in orders if p >= j)  # (H, 1) or (B, H, n)
-                r.append(reverse_window_sums(g * coeff, W))
-            part = horner_gradient(x64, r)
+            # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1). With one order per window (the
+            # default windows) a_p is constant in time and multiplies the Horner sum instead.
+            if len(orders) == 1:
+                r = [reverse_window_sums(g * e[top - j], W) for j in range(1, top)]
+                r.append(reverse_window_sums_of_prefix(g_prefix, W))
+                part = horner_gradient(x64, r).mul_(a64[top - 2])
+            else:
+                r = []
+                for j in range(1, top + 1):
+                    coeff = sum(a64[p - 2] * e[p - j] for p in orders if p >= j)  # (H, 1) or (B, H, n)
+                    r.append(reverse_window_sums(g * coeff, W))
+                part = horner_gradient(x64, r)
             grad_x = part if grad_x is None else grad_x.add_(part)
         x_dtype, a_dtype = ctx.dtypes
         return grad_x.to(x_dtype), grad_a[..., 0].to(a_dtype), None
