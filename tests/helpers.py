@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
-from torch.utils.data import Dataset
+
+from lssl.data import DataSpec
 
 # Max-abs error relative to max|expected| (spec section E convention).
 RTOL = {torch.float64: 1e-10, torch.complex128: 1e-10, torch.float32: 2e-4, torch.complex64: 2e-4}
@@ -36,41 +34,10 @@ def grads(loss: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torc
     return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), out)}
 
 
-# A DataSpec-shaped toy data set for training tests (the fields of lssl.data's DataSpec).
-
-
-@dataclass(frozen=True)
-class ToySpec:
-    name: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    d_input: int
-    d_output: int
-    length: int
-    task: str
-    labels: tuple[str, ...]
-    vocab_size: int | None = None
-    extra: dict = field(default_factory=dict)
-    rates: dict = field(default_factory=dict)
-    source: str = "generated in tests"
-    real: bool = False
-    stands_in_for: str = "nothing"
-    collate: Callable = None
-
-
-def pad_collate(items: list) -> dict[str, torch.Tensor]:
-    """Right-pad (x, y) items to the longest: {'x', 'y', 'lengths'}."""
-    xs, ys = zip(*items)
-    lengths = torch.tensor([len(x) for x in xs])
-    x = torch.zeros(len(xs), int(lengths.max()), *xs[0].shape[1:], dtype=xs[0].dtype)
-    for i, xi in enumerate(xs):
-        x[i, : len(xi)] = xi
-    return {"x": x, "y": torch.stack(ys), "lengths": lengths}
 
 
 def toy_spec(n_train: int = 48, n_val: int = 16, n_test: int = 16, length: int = 32, task: str = "classification",
-             seed: int = 0) -> ToySpec:
+             seed: int = 0) -> DataSpec:
     """Sequences (L, 1) of noise with a bump in one of three thirds; the class is the third
     (classification) or the targets are (bump position, bump height) (regression). Lengths vary
     by up to a quarter. An extra split 'test_half' is the test split decimated by 2 (rate 2)."""
@@ -90,9 +57,10 @@ def toy_spec(n_train: int = 48, n_val: int = 16, n_test: int = 16, length: int =
         return items
 
     test = make(n_test)
-    return ToySpec(
+    return DataSpec(
         name="toy", train=make(n_train), val=make(n_val), test=test, d_input=1,
         d_output=3 if task == "classification" else 2, length=length, task=task,
         labels=("first", "second", "third") if task == "classification" else ("position", "height"),
-        extra={"test_half": [(x[::2], y) for x, y in test]}, rates={"test_half": 2.0}, collate=pad_collate,
+        extra={"test_half": [(x[::2], y) for x, y in test]}, rates={"test_half": 2.0},
+        source="generated in tests", real=False, stands_in_for="nothing",
     )

@@ -191,16 +191,21 @@ def test_bad_construction(make, match):
         make()
 
 
-def _count_kernels(monkeypatch):
+def _count(monkeypatch, name):
     calls = []
 
     def counted(*args):
         calls.append(1)
         return real(*args)
 
-    real = krylov.krylov_kernel
-    monkeypatch.setattr(krylov, "krylov_kernel", counted)
+    real = getattr(krylov, name)
+    monkeypatch.setattr(krylov, name, counted)
     return calls
+
+
+def _count_kernels(monkeypatch):
+    """Count kernel computations: each ends in one contraction of the Krylov basis with C."""
+    return _count(monkeypatch, "krylov_contract")
 
 
 def test_frozen_kernel_is_cached_and_invalidated(f64, monkeypatch):
@@ -267,6 +272,41 @@ def test_cache_only_when_frozen(f64, monkeypatch):
     fixed.C.requires_grad_(True)
     assert fixed(L).requires_grad
     assert len(calls) == 6
+
+
+def test_frozen_basis_is_cached_while_only_c_trains(f64, monkeypatch):
+    """LSSL-fixed with frozen dt: the C-independent Krylov basis is built once across training
+    steps, the kernel and its gradient w.r.t. C stay exact, and any change of A, B or dt
+    rebuilds it."""
+    bases = _count(monkeypatch, "krylov_basis")
+    k = KrylovKernel(3, 8, channels=2, measure="legs", learn_dt=False)
+    L = 40
+    with torch.inference_mode():
+        k(L)  # not memoised: inference tensors could not serve the training steps below
+    bases.clear()
+    G = torch.randn(2, 3, L)
+    for _ in range(3):
+        K = k(L)
+        grad_C, = torch.autograd.grad((K * G).sum(), k.C)
+        A_bar, B_bar, C = k.discrete(L)
+        C_ref = C.detach().clone().requires_grad_(True)
+        K_ref = reference.kernel(A_bar, B_bar, C_ref, L)
+        grad_ref, = torch.autograd.grad((K_ref * G).sum(), C_ref)
+        assert_close(K, K_ref)
+        assert_close(grad_C, grad_ref)
+        with torch.no_grad():
+            k.C.add_(0.1 * torch.randn_like(k.C))  # an optimizer step on C keeps the basis
+    assert len(bases) == 1
+    for change in (lambda: k.log_dt.add_(0.1), lambda: k.transition.A.mul_(0.9)):
+        with torch.no_grad():
+            change()
+        assert_close(k(L), reference.kernel(*k.discrete(L), L))
+    assert len(bases) == 3
+    # A trainable dt needs the basis in the graph: built afresh at every step.
+    k.log_dt.requires_grad_(True)
+    k(L)
+    k(L)
+    assert len(bases) == 5
 
 
 def test_kernel_memoised_in_inference_mode_is_usable_by_autograd(monkeypatch):

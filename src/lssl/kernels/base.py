@@ -178,6 +178,31 @@ def block_split(L: int) -> tuple[int, int]:
     return T, -(-L // T)
 
 
+def squarings(M: Tensor, count: int) -> list[Tensor]:
+    """The powers M^(2^k), k = 0..K, up to the first 2^K >= count: the factors of `doubling`
+    (all but the last) and the power it returns (the last).
+
+    Args:
+        M: (..., N, N).
+    Returns:
+        K + 1 tensors (..., N, N).
+    """
+    powers = [M]
+    while 2 ** (len(powers) - 1) < count:
+        powers.append(powers[-1] @ powers[-1])
+    return powers
+
+
+def krylov_columns(powers: list[Tensor], X: Tensor, count: int) -> Tensor:
+    """The columns M^i x, i < count, from x (..., N, 1) and the powers M^(2^k) of `squarings`:
+    each round appends M^(2^k) times the columns so far (spec A.5)."""
+    for P in powers:
+        if X.shape[-1] >= count:
+            break
+        X = torch.cat([X, P @ X[..., : count - X.shape[-1]]], dim=-1)
+    return X
+
+
 def doubling(M: Tensor, X: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """The columns M^i x, i < count, by repeated squaring (spec A.5).
 
@@ -186,10 +211,8 @@ def doubling(M: Tensor, X: Tensor, count: int) -> tuple[Tensor, Tensor]:
     Returns:
         (..., H, N, count), and M^(2^k) for the first 2^k >= count.
     """
-    while X.shape[-1] < count:
-        X = torch.cat([X, M @ X[..., : count - X.shape[-1]]], dim=-1)
-        M = M @ M
-    return X, M
+    powers = squarings(M, count)
+    return krylov_columns(powers, X, count), powers[-1]
 
 
 def dense_response(A: Tensor, C: Tensor, x0: Tensor, L: int) -> Tensor:

@@ -20,10 +20,33 @@ import torch
 
 from .. import discretize
 from .._checks import check_choice, check_length
-from .base import DiscreteSSM, SSMKernel, block_split, doubling
+from .base import DiscreteSSM, SSMKernel, block_split, doubling, krylov_columns, squarings
 from .transition import TRANSITIONS, DenseTransition
 
 Tensor = torch.Tensor
+
+
+def krylov_basis(A: Tensor, B: Tensor, L: int) -> tuple[Tensor, list[Tensor]]:
+    """The C-independent half of `krylov_kernel`: the T right vectors A^i B and the powers
+    (A^T)^(2^k) that build the J left vectors C A^{jT} from any C.
+
+    Args:
+        A: (H, N, N) discrete state matrix. B: (H, N). L: kernel length.
+    Returns:
+        right (H, N, T) and the powers, each (H, N, N), of (A^T)^T (transposed for the left side).
+    """
+    T, J = block_split(L)
+    right, A_T = doubling(A, B[..., None], T)  # (H, N, T), A^T
+    # The last power of the left doubling is never used: drop it (one N^3 product).
+    return right, squarings(A_T.mT, J)[:-1]
+
+
+def krylov_contract(right: Tensor, powers: list[Tensor], C: Tensor, L: int) -> Tensor:
+    """K (C, H, L) from `krylov_basis` and C (C, H, N): the left vectors (C A^{jT})^T by doubling
+    on C, then K[j T + i] = (C A^{jT}) (A^i B)."""
+    _, J = block_split(L)
+    left = krylov_columns(powers, C[..., None], J)  # (C, H, N, J)
+    return (left.mT @ right).flatten(-2)[..., :L]  # (C, H, J, T) -> (C, H, L)
 
 
 def krylov_kernel(A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
@@ -34,15 +57,17 @@ def krylov_kernel(A: Tensor, B: Tensor, C: Tensor, L: int) -> Tensor:
     Returns:
         K (C, H, L).
     """
-    T, J = block_split(L)
-    right, A_T = doubling(A, B[..., None], T)  # (H, N, T), A^T
-    # The left vectors (C A^{jT})^T are the columns of (A^T)^T's Krylov matrix on C^T. The last
-    # squaring inside this doubling is never used; it costs one N^3 product.
-    left, _ = doubling(A_T.mT, C[..., None], J)  # (C, H, N, J)
-    return (left.mT @ right).flatten(-2)[..., :L]  # (C, H, J, T) -> (C, H, L)
+    return krylov_contract(*krylov_basis(A, B, L), C, L)
 
 
 DISCRETIZATIONS = tuple(discretize.DENSE)
+
+
+def _versions(tensors: list[Tensor]) -> tuple:
+    """What identifies the values of `tensors` for a memo: _version counts in-place updates
+    (optimizer steps, copy_); data_ptr, dtype and device change when a tensor is replaced or
+    converted."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 class KrylovKernel(SSMKernel):
@@ -61,7 +86,9 @@ class KrylovKernel(SSMKernel):
     Frozen kernels are cached: when no parameter requires grad, or grad is disabled (eval /
     inference), the last K is memoised with its (L, rate) and recomputed as soon as any
     parameter or buffer changes (in place, by an optimizer or `load_state_dict`, or by `.to()`),
-    unlike the official code, which reuses a stale kernel at evaluation (spec F5).
+    unlike the official code, which reuses a stale kernel at evaluation (spec F5). Likewise,
+    while A, B and dt are frozen (LSSL-fixed with learn_dt=False), the C-independent Krylov
+    basis is memoised, so a training step only contracts it with C.
 
     Args:
         d_model: H features. d_state: N. channels: C output channels per feature (LSSL's M).
@@ -103,20 +130,37 @@ class KrylovKernel(SSMKernel):
             self.transition = DenseTransition(d_state, measure, learn=False)
         self.C = torch.nn.Parameter(torch.randn(channels, d_model, d_state))
         self._cache: tuple[tuple, Tensor] | None = None
+        self._basis_cache: tuple[tuple, tuple[Tensor, list[Tensor]]] | None = None
 
     def _discretize(self, rate: float) -> tuple[Tensor, Tensor]:
         A, B = self.transition.dense()
         return discretize.DENSE[self.disc](A, B, self.dt * rate)
 
+    def _system_tensors(self) -> list[Tensor]:
+        """The tensors of A_bar, B_bar: the transition's and log dt (not C)."""
+        return [*self.transition.parameters(), *self.transition.buffers(), self.log_dt]
+
+    def _basis(self, L: int, rate: float) -> tuple[Tensor, list[Tensor]]:
+        """`krylov_basis` of the discrete system; memoised while A, B and dt are frozen (LSSL-fixed
+        with frozen dt trains only C, so its basis is built once, not at every step)."""
+        tensors = self._system_tensors()
+        if torch.is_inference_mode_enabled():
+            # Inference tensors could not be saved by a later training step's autograd.
+            return krylov_basis(*self._discretize(rate), L)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            self._basis_cache = None
+            return krylov_basis(*self._discretize(rate), L)
+        key = (L, float(rate), *_versions(tensors))
+        if self._basis_cache is None or self._basis_cache[0] != key:
+            with torch.no_grad():
+                self._basis_cache = (key, krylov_basis(*self._discretize(rate), L))
+        return self._basis_cache[1]
+
     def _kernel(self, L: int, rate: float) -> Tensor:
-        A_bar, B_bar = self._discretize(rate)
-        return krylov_kernel(A_bar, B_bar, self.C, L)
+        return krylov_contract(*self._basis(L, rate), self.C, L)
 
     def _cache_key(self, L: int, rate: float) -> tuple:
-        # _version counts in-place updates (optimizer steps, copy_); data_ptr, dtype and device
-        # change when a tensor is replaced or converted.
-        tensors = [*self.parameters(), *self.buffers()]
-        return (L, float(rate), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+        return (L, float(rate), *_versions([*self.parameters(), *self.buffers()]))
 
     def forward(self, L: int, rate: float = 1.0) -> Tensor:
         """K (C, H, L) at step dt * rate; memoised while the kernel is frozen (class docstring)."""
