@@ -97,16 +97,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="only the L=1024 shape")
     parser.add_argument("--steps-only", action="store_true", help="only the recurrent step table")
+    parser.add_argument("--shape", action="append", default=None, metavar="H,N,L",
+                        help="only this shape (repeatable; default: all shapes)")
+    parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS), metavar="NAME",
+                        help="only these layers (Liquid-S4 ratios need S4 among them)")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.shape] if args.shape else SHAPES
+    names = [FLOOR, *args.layers]
     rows = []
-    for H, N, L in [] if args.steps_only else QUICK_SHAPES if args.quick else SHAPES:
+    for H, N, L in [] if args.steps_only else QUICK_SHAPES if args.quick else shapes:
         torch.manual_seed(0)
-        steps = {name: make_step(name, H, N, L) for name in [FLOOR, *LAYERS]}
+        steps = {name: make_step(name, H, N, L) for name in names}
         times, ratios = interleaved(steps, args.repeats)
         del steps
-        for name in [FLOOR, *LAYERS]:
+        for name in names:
             mem = peak_memory_mb("layers", name, H, N, L)
             target, verdict = "", ""
             if (name, (H, N, L)) in TARGETS:
@@ -114,7 +120,7 @@ def main() -> None:
                 target = f"<= {max_ratio:g}x, < {max_mb / 1024:.2g} GB"
                 verdict = "met" if ratios[name] <= max_ratio and mem < max_mb else "MISSED"
             to_s4 = ""
-            if name.startswith("Liquid-S4"):
+            if name.startswith("Liquid-S4") and "S4" in ratios:
                 to_s4 = f"{ratios[name] / ratios['S4']:.2f}x S4"
                 if int(name[-1]) <= 3:
                     target = f"<= {LIQUID_MAX_RATIO_TO_S4:g}x S4"
@@ -129,7 +135,7 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     step_rows = []
-    for name in LAYERS:
+    for name in args.layers:
         layer = LAYERS[name](128, 64).eval()
         for batch in (1, 64):
             ssm_ms, layer_ms = step_latency_ms(layer, batch)
