@@ -35,7 +35,7 @@ def test_shipped_configs_load_name_their_source_and_build(path):
     assert config.load(path) == config.from_dict(config.to_dict(cfg))
     # The model at a small size, with the config's own layer options.
     small = config.apply_overrides(cfg, ["model.d_model=4", "model.n_layers=1", "model.d_state=4"])
-    spec = SimpleNamespace(d_input=2, d_output=3, vocab_size=None)
+    spec = SimpleNamespace(d_input=2, d_output=3, vocab_size=None, task="classification")
     model = build_model(model_arguments(small.model, spec))
     assert model.decoder.out_features == 3
 
@@ -96,7 +96,7 @@ def test_file_errors(tmp_path):
 
 
 def test_bad_layer_arguments_name_the_config_field():
-    spec = SimpleNamespace(d_input=1, d_output=2, vocab_size=None)
+    spec = SimpleNamespace(d_input=1, d_output=2, vocab_size=None, task="classification")
     cfg = config.apply_overrides(config.Config(), ["model.layer_args.chanels=2", "model.d_model=4", "model.d_state=4"])
     with pytest.raises(UserError, match="model.layer_args.*chanels"):
         build_model(model_arguments(cfg.model, spec))

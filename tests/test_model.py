@@ -85,3 +85,23 @@ def test_errors():
         model(torch.full((2, 30, 3), float("inf")))
     with pytest.raises(ValueError, match="step needs a model with pooling='none'"):
         model.step(torch.randn(2, 3), model.default_state(2))
+
+
+def test_standardised_outputs(f64):
+    kwargs = dict(d_input=2, d_output=2, d_model=8, n_layers=1, layer="s4d", layer_args={"d_state": 4})
+    torch.manual_seed(0)
+    plain = SequenceModel(**kwargs)
+    torch.manual_seed(0)
+    scaled = SequenceModel(**kwargs, target_mean=[10.0, -1.0], target_std=[2.0, 0.5])
+    x = torch.randn(3, 12, 2)
+    assert_close(scaled(x), plain(x) * torch.tensor([2.0, 0.5]) + torch.tensor([10.0, -1.0]))
+    assert set(scaled.state_dict()) - set(plain.state_dict()) == {"target_mean", "target_std"}
+    stream = SequenceModel(**kwargs, pooling="none", target_mean=[10.0, -1.0], target_std=[2.0, 0.5]).eval()
+    y_t, _ = stream.step(x[:, 0], stream.default_state(3))
+    assert_close(y_t, stream(x[:, :1])[:, 0])
+    with pytest.raises(ValueError, match="give both target_mean and target_std"):
+        SequenceModel(**kwargs, target_mean=[0.0, 0.0])
+    with pytest.raises(ValueError, match="target_std > 0"):
+        SequenceModel(**kwargs, target_mean=[0.0, 0.0], target_std=[1.0, 0.0])
+    with pytest.raises(ValueError, match="must be 2 numbers"):
+        SequenceModel(**kwargs, target_mean=[0.0], target_std=[1.0])

@@ -16,7 +16,7 @@ from lssl.errors import UserError
 from lssl.train import Diverged, checkpoint, evaluate, fit, metrics, optim
 from lssl.train.batches import Decimated
 
-from .helpers import toy_spec
+from .helpers import assert_close, toy_spec
 
 
 def toy_config(out: Path, name: str = "toy", **train) -> config.Config:
@@ -211,6 +211,18 @@ def test_regression_reports_rmse(tmp_path):
     for split in ("val", "test", "test_half"):
         r = results[split]
         assert r["rmse"] == pytest.approx(math.sqrt(r["loss"]), rel=1e-6)
+
+
+def test_regression_models_predict_standardised_targets(tmp_path):
+    """A regression model carries the training targets' mean and std, and the saved checkpoint
+    rebuilds them."""
+    spec = toy_spec(task="regression")
+    y = torch.stack([item[1] for item in spec.train]).double()
+    results = fit(toy_config(tmp_path, epochs=1), data=spec)
+    model = lssl.load(Path(results["run_dir"]) / "checkpoints" / "best.safetensors")
+    assert model.standardised
+    assert_close(model.target_mean.double(), y.mean(0), dtype=torch.float32)
+    assert_close(model.target_std.double(), y.std(0), dtype=torch.float32)
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused(tmp_path):

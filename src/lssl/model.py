@@ -73,6 +73,9 @@ class SequenceModel(nn.Module):
         pooling: 'mean' or 'last' over time (classification/regression of whole sequences), or
             'none' for an output at every step.
         vocab_size: number of tokens, for an Embedding encoder.
+        target_mean, target_std: (d_output,) statistics of regression targets; the output is then
+            decoder(h) * target_std + target_mean, so the network itself predicts standardised
+            targets (stored as buffers, saved with the weights). None: the decoder's output.
     Input (B, L, d_input) float or (B, L) token ids; output (B, d_output), or (B, L, d_output)
     with pooling='none'.
     """
@@ -90,6 +93,8 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         pooling: str = "mean",
         vocab_size: int | None = None,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
     ):
         super().__init__()
         check_choice("layer", layer, LAYERS)
@@ -109,6 +114,19 @@ class SequenceModel(nn.Module):
         )
         self.final_norm = Norm(d_model, norm if prenorm else "none")
         self.decoder = nn.Linear(d_model, d_output)
+        if (target_mean is None) != (target_std is None):
+            raise ValueError("give both target_mean and target_std, or neither")
+        self.standardised = target_mean is not None
+        if self.standardised:
+            mean, std = torch.tensor(target_mean, dtype=torch.float64), torch.tensor(target_std, dtype=torch.float64)
+            if mean.shape != (d_output,) or std.shape != (d_output,) or not (std > 0).all():
+                raise ValueError(f"target_mean and target_std must be {d_output} numbers with target_std > 0")
+            self.register_buffer("target_mean", mean.to(torch.get_default_dtype()))
+            self.register_buffer("target_std", std.to(torch.get_default_dtype()))
+
+    def _decode(self, h: Tensor) -> Tensor:
+        out = self.decoder(h)
+        return out * self.target_std + self.target_mean if self.standardised else out
 
     def _encode(self, x: Tensor) -> Tensor:
         if self.vocab_size:
@@ -153,7 +171,7 @@ class SequenceModel(nn.Module):
             h = h.mean(1) if mask is None else (h * mask).sum(1) / lengths[:, None]
         elif self.pooling == "last":
             h = h[:, -1] if mask is None else h[torch.arange(h.shape[0]), lengths - 1]
-        return self.decoder(h)
+        return self._decode(h)
 
     def default_state(self, batch: int) -> list[Tensor]:
         """The zero state of every layer."""
@@ -177,4 +195,4 @@ class SequenceModel(nn.Module):
         for block, state in zip(self.blocks, states):
             h, state = block.step(h, state, rate, dt_scale)
             new_states.append(state)
-        return self.decoder(self.final_norm(h)), new_states
+        return self._decode(self.final_norm(h)), new_states

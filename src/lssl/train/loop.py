@@ -95,9 +95,19 @@ def load_data(data: DataConfig) -> Any:
     return lssl_data.load(data.name, **options)
 
 
+def target_statistics(dataset: Any) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (d_output,) of a regression training set's targets."""
+    y = torch.stack([torch.as_tensor(dataset[i][1], dtype=torch.float64) for i in range(len(dataset))])
+    return y.mean(0).tolist(), y.std(0).clamp_min(1e-8).tolist()
+
+
 def model_arguments(model: ModelConfig, spec: Any) -> dict[str, Any]:
-    """`SequenceModel` keyword arguments for a model config on a data set."""
+    """`SequenceModel` keyword arguments for a model config on a data set; regression models
+    predict targets standardised with the training set's statistics."""
     tokens = getattr(spec, "vocab_size", None)
+    stats = {}
+    if spec.task == "regression":
+        stats = dict(zip(("target_mean", "target_std"), target_statistics(spec.train)))
     return {
         "d_input": None if tokens else spec.d_input,
         "d_output": spec.d_output,
@@ -110,6 +120,7 @@ def model_arguments(model: ModelConfig, spec: Any) -> dict[str, Any]:
         "prenorm": model.prenorm,
         "dropout": model.dropout,
         "pooling": model.pooling,
+        **stats,
     }
 
 
