@@ -213,6 +213,16 @@ def test_regression_reports_rmse(tmp_path):
         assert r["rmse"] == pytest.approx(math.sqrt(r["loss"]), rel=1e-6)
 
 
+def test_final_val_scores_are_the_best_checkpoints(tmp_path):
+    """The val scores reported at the end (taken from the best epoch, not recomputed) equal a
+    fresh evaluation of the best checkpoint."""
+    spec = toy_spec()
+    results = fit(toy_config(tmp_path, epochs=2), data=spec)
+    fresh = evaluate(Path(results["run_dir"]) / "checkpoints" / "best.safetensors", split="val", data=spec)
+    for key in ("loss", "accuracy", "n", "rate"):
+        assert results["val"][key] == pytest.approx(fresh[key], rel=1e-6), key
+
+
 def test_regression_models_predict_standardised_targets(tmp_path):
     """A regression model carries the training targets' mean and std, and the saved checkpoint
     rebuilds them."""

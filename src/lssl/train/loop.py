@@ -379,6 +379,7 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
     val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    best_val: dict[str, float] | None = None  # the best epoch's validation scores, when this process saw it
     if prog.best_epoch > 0:
         best_tensors, _ = checkpoint.read(paths["best"])
         best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
@@ -451,6 +452,7 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
         if metrics.better(task, val[metric], prog.best):
             prog.best, prog.best_epoch = val[metric], prog.epoch + 1
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            best_val = val
         prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
         checkpoint_to(paths["last"])
         if prog.best_epoch == prog.epoch:
@@ -468,6 +470,10 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
         return results
     model.load_state_dict(best_state)
     for name in ("val", "test", *dict(spec.extra)):
+        if name == "val" and best_val is not None:
+            # Scored at the end of the best epoch, with these very weights: not again.
+            results["val"] = {"rate": 1.0, **best_val}
+            continue
         dataset, rate = select_split(spec, name, None)
         loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
         results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
