@@ -44,6 +44,14 @@ def check_input(name: str, x: Tensor, width: int, rank: int) -> None:
     check_finite(name, x)
 
 
+def check_gaps(dt_scale: Any, shape: tuple[int, ...], layout: str) -> None:
+    """Raise unless `dt_scale` is a tensor of `shape` ((B, L) or (B,)) of finite positive gaps."""
+    if not isinstance(dt_scale, Tensor) or dt_scale.shape != shape:
+        got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
+        raise ValueError(f"dt_scale must have shape {layout} = {shape}, got {got}")
+    check_positive("dt_scale", dt_scale)
+
+
 class SSMLayer(nn.Module):
     """An SSM layer over any kernel.
 
@@ -144,10 +152,7 @@ class SSMLayer(nn.Module):
         self, x: Tensor, state: Tensor | None, return_state: bool, rate: float, dt_scale: Tensor
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`forward` with per-sample time gaps dt_scale (B, L)."""
-        if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:2]:
-            got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
-            raise ValueError(f"dt_scale must have shape (B, L) = {tuple(x.shape[:2])}, got {got}")
-        check_positive("dt_scale", dt_scale)
+        check_gaps(dt_scale, tuple(x.shape[:2]), "(B, L)")
         scale = dt_scale.to(x.dtype) * rate  # (B, L)
         y, final = self.kernel.irregular(x, scale, state)  # (B, C', H, L)
         if self.bidirectional:
@@ -159,6 +164,12 @@ class SSMLayer(nn.Module):
         y = y + self.D[..., None] * x.transpose(1, 2)[:, None]  # (B, C, H, L)
         out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
         return (out, final) if return_state else out
+
+    def _step_with_gap(self, x: Tensor, state: Any, rate: float, dt_scale: Tensor) -> tuple[Tensor, Any]:
+        """`step` after a gap dt_scale (B,): the irregular `forward` on one sample."""
+        check_gaps(dt_scale, tuple(x.shape[:1]), "(B,)")
+        y, state = self.forward(x[:, None], state, True, rate, dt_scale[:, None])
+        return y[:, 0], state
 
     def default_state(self, batch: int) -> Tensor:
         """The zero state (B, H, S)."""
@@ -192,11 +203,7 @@ class SSMLayer(nn.Module):
             raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
         check_input("x", x, self.d_model, 2)
         if dt_scale is not None:
-            if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:1]:
-                got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
-                raise ValueError(f"dt_scale must have shape (B,) = {tuple(x.shape[:1])}, got {got}")
-            y, state = self.forward(x[:, None], state, True, rate, dt_scale[:, None])
-            return y[:, 0], state
+            return self._step_with_gap(x, state, rate, dt_scale)
         y, state = self._recurrence(rate).step(x, state)  # (B, C, H)
         return self._output(y + self.D * x[:, None]), state
 
@@ -522,11 +529,7 @@ class LiquidS4(SSMLayer):
         self._check_dt_scale(dt_scale)
         self._check_state(state, x.shape[0])
         if dt_scale is not None:
-            if not isinstance(dt_scale, Tensor) or dt_scale.shape != x.shape[:1]:
-                got = tuple(dt_scale.shape) if isinstance(dt_scale, Tensor) else type(dt_scale).__name__
-                raise ValueError(f"dt_scale must have shape (B,) = {tuple(x.shape[:1])}, got {got}")
-            y, state = self.forward(x[:, None], state, True, rate, dt_scale[:, None])
-            return y[:, 0], state
+            return self._step_with_gap(x, state, rate, dt_scale)
         system = self._recurrence(rate)
         if self.degree == 1:
             y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)

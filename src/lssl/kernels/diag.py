@@ -164,9 +164,7 @@ class DiagKernel(SSMKernel):
 
     def _discretize(self, rate: float) -> tuple[Tensor, Tensor, Tensor]:
         """(A_bar, B_bar, log A_bar), each (H, N/2) complex, at step dt * rate."""
-        copies = self.d_model // self.n_ssm
-        lam = self.Lambda.repeat(copies, 1)  # (H, N/2)
-        B = self.complex("B").repeat(copies, 1)  # (H, N/2)
+        lam, B = self.modes()  # (H, N/2) each
         dt = self.dt * rate  # (H,)
         A_bar, B_bar = discretize.DIAGONAL[self.disc](lam, B, dt)
         dt_lam = dt[:, None] * lam  # (H, N/2)
@@ -242,9 +240,7 @@ class DiagKernel(SSMKernel):
         Returns:
             y (B, C, H, L) real, without the D term, and the final half state (B, H, N/2).
         """
-        copies = self.d_model // self.n_ssm
-        lam = self.Lambda.repeat(copies, 1)  # (H, N/2)
-        B = self.complex("B").repeat(copies, 1)  # (H, N/2)
+        lam, B = self.modes()  # (H, N/2) each
         dt = scale[..., None] * self.dt  # (B, L, H)
         A_bar, B_bar = discretize.DIAGONAL[self.disc](lam, B, dt)  # (B, L, H, N/2) each
         b = B_bar * u[..., None]  # (B, L, H, N/2)

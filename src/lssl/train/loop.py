@@ -176,11 +176,7 @@ def score(model: nn.Module, loader: Any, task: str, device: torch.device, dtype:
         out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
         totals.add(out, batch["y"], metrics.loss(task, out, batch["y"]))
     model.train(was_training)
-    if procs.world > 1:
-        t = totals.as_tensor().to(device)
-        dist.all_reduce(t)
-        totals = metrics.Totals.from_tensor(task, t.cpu())
-    return totals.result()
+    return _result(totals, task, device, procs)
 
 
 def splits(spec: Any) -> dict[str, Any]:
@@ -439,7 +435,7 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
         if stopped and prog.batch < steps_per_epoch:
             checkpoint_to(paths["last"])
             break
-        train_result = totals.result() if procs.world == 1 else _reduce_totals(totals, task, device)
+        train_result = _result(totals, task, device, procs)
         val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
         metric = metrics.METRIC[task]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -483,7 +479,10 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
     return results
 
 
-def _reduce_totals(totals: metrics.Totals, task: str, device: torch.device) -> dict[str, float]:
+def _result(totals: metrics.Totals, task: str, device: torch.device, procs: Processes) -> dict[str, float]:
+    """The metrics of `totals`, summed over all processes first."""
+    if procs.world == 1:
+        return totals.result()
     t = totals.as_tensor().to(device)
     dist.all_reduce(t)
     return metrics.Totals.from_tensor(task, t.cpu()).result()
