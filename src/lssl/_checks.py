@@ -41,7 +41,9 @@ def check_length(name: str, value: int) -> None:
 
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise if `t` holds NaN or Inf."""
-    if not torch.isfinite(t).all():
+    # Any NaN or Inf makes the sum NaN or Inf, so a finite sum clears the tensor in one cheap
+    # reduction; only a non-finite sum (possibly overflow of finite values) needs the full check.
+    if t.numel() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -99,6 +99,12 @@ class SSMLayer(nn.Module):
         """(B, L, C, H) or (B, C, H) SSM output + D u -> activation, dropout, mix."""
         return self.mix(self.dropout(self.activation(y.flatten(-2))))
 
+    def _skip(self, y: Tensor, x: Tensor) -> Tensor:
+        """The convolution's output y (B, C, H, L) plus D x, for x (B, L, H): (B, L, C, H),
+        contiguous, so that the activation's backward and the mix read one memory layout (a
+        permuted view there costs the GELU backward ten times its contiguous time)."""
+        return (self.D * x[:, :, None]).add_(y.permute(0, 3, 1, 2))
+
     def forward(
         self,
         x: Tensor,
@@ -142,8 +148,7 @@ class SSMLayer(nn.Module):
             y = fftconv(u, K)  # (B, C, H, L)
         if state is not None:
             y = y + self.kernel.state_response(state, L, rate)
-        y = y + self.D[..., None] * u[:, None]  # (B, C, H, L)
-        out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
+        out = self._output(self._skip(y, x))  # (B, L, H)
         if return_state:
             return out, self.kernel.final_state(x, state, rate)
         return out
@@ -161,8 +166,7 @@ class SSMLayer(nn.Module):
             back_scale = torch.cat([scale[:, 1:], scale[:, -1:]], dim=1).flip(1)
             y_back, _ = self.kernel.irregular(x.flip(1), back_scale)
             y = y.chunk(2, dim=1)[0] + y_back.chunk(2, dim=1)[1].flip(-1)  # (B, C, H, L)
-        y = y + self.D[..., None] * x.transpose(1, 2)[:, None]  # (B, C, H, L)
-        out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
+        out = self._output(self._skip(y, x))  # (B, L, H)
         return (out, final) if return_state else out
 
     def _step_with_gap(self, x: Tensor, state: Any, rate: float, dt_scale: Tensor) -> tuple[Tensor, Any]:
@@ -495,8 +499,7 @@ class LiquidS4(SSMLayer):
         y, w, memory = self.liquid(u, K, s, None if state is None else state.memory, self.bidirectional)
         if state is not None:
             y = y + self.kernel.state_response(state.ssm, L, rate)
-        y = y + self.D[..., None] * u[:, None]  # (B, C, H, L)
-        out = self._output(y.permute(0, 3, 1, 2))  # (B, L, H)
+        out = self._output(self._skip(y, x))  # (B, L, H)
         if return_state:
             ssm = self.kernel.final_state(w.transpose(1, 2), None if state is None else state.ssm, rate)
             return out, LiquidState(ssm, memory)
