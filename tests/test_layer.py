@@ -74,6 +74,25 @@ def test_step_loop_equals_forward(f64, name):
     assert_close(torch.stack(ys, 1), y)
 
 
+@pytest.mark.parametrize("name", ["lssl-legs-shared", "s4-legs", "s4d-zoh"])
+def test_layer_built_under_inference_mode_streams(f64, name):
+    """A layer made inside torch.inference_mode (parameters without version counters) steps,
+    and sees weights loaded in place afterwards (no stale system)."""
+    trained = _layer(name)
+    with torch.inference_mode():
+        layer = _layer(name)
+        x = torch.randn(2, 12, H)
+        state = layer.default_state(2)
+        y0, state = layer.step(x[:, 0], state)
+        layer.load_state_dict(trained.state_dict())
+        state = layer.default_state(2)
+        ys = []
+        for t in range(12):
+            y_t, state = layer.step(x[:, t], state)
+            ys.append(y_t)
+        assert_close(torch.stack(ys, 1), trained(x))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_chunked_with_state_equals_whole(f64, name):
     layer = _layer(name)

@@ -182,6 +182,10 @@ class SSMLayer(nn.Module):
     def _recurrence(self, rate: float):
         """The system for stepping (`_build_recurrence`), rebuilt when any SSM tensor changed."""
         tensors = [*self.kernel.parameters(), *self.kernel.buffers()]
+        if any(t.is_inference() for t in tensors):
+            # Parameters made under torch.inference_mode have no version counter, so an in-place
+            # change (load_state_dict) could not be seen: build the system afresh every call.
+            return self._build_recurrence(rate)
         key = (rate, torch.is_grad_enabled(), *((t.data_ptr(), t._version) for t in tensors))
         if self._recurrence_cache is None or self._recurrence_cache[0] != key:
             self._recurrence_cache = (key, self._build_recurrence(rate))
