@@ -301,3 +301,40 @@ def test_sharded_totals_add_up_to_the_whole():
     assert summed.result() == pytest.approx(whole.result())
     assert metrics.better("classification", 0.6, 0.5) and metrics.better("regression", 0.4, 0.5)
     assert metrics.better("regression", 1.0, None) and not metrics.better("regression", math.nan, None)
+
+
+def test_tensorboard_events_continue_across_a_resume(tmp_path, monkeypatch):
+    """train.tensorboard writes per-step, per-epoch and final scalars. A run that dies at step 6
+    after logging step 5 (its last checkpoint: step 4, the end of epoch 1) and is resumed from it
+    drops the orphaned steps 4-5 and logs every step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = toy_spec(n_train=32)  # batch 8: 4 steps per epoch
+    real_loss, calls = metrics.loss, []
+
+    def loss_nan_at_step_6(task, out, y):
+        if torch.is_grad_enabled():  # a training step, not validation
+            calls.append(1)
+        value = real_loss(task, out, y)
+        return value * math.nan if len(calls) == 6 and torch.is_grad_enabled() else value
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics, "loss", loss_nan_at_step_6)
+        with pytest.raises(Diverged):
+            fit(toy_config(tmp_path, "tb", tensorboard=True, checkpoint_every=3), data=spec)
+    crashed = EventAccumulator(str(tmp_path / "tb/tensorboard"))
+    crashed.Reload()
+    assert [e.step for e in crashed.Scalars("train/loss_step")] == [1, 2, 3, 4, 5]
+    _, meta = checkpoint.read(tmp_path / "tb/checkpoints/last.safetensors")
+    assert meta["progress"]["step"] == 4  # the epoch-end checkpoint after step 4
+    results = fit(toy_config(tmp_path, "tb", tensorboard=True, checkpoint_every=3), data=spec, resume=True)
+    events = EventAccumulator(str(tmp_path / "tb/tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_step")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [4, 8]
+    assert [e.value for e in events.Scalars("final/test_loss")] == pytest.approx([results["test"]["loss"]])
+
+
+def test_tensorboard_off_writes_no_events(tmp_path):
+    fit(toy_config(tmp_path, "plain", epochs=1), data=toy_spec(n_train=16))
+    assert not (tmp_path / "plain/tensorboard").exists()

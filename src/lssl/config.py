@@ -82,6 +82,7 @@ class TrainConfig:
     max_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps (0 = off)
     checkpoint_every: int = 0  # also checkpoint every this many steps (0 = each epoch only)
     progress: bool = True  # progress bar
+    tensorboard: bool = False  # also write TensorBoard events to out/name/tensorboard (needs lssl[tensorboard])
 
 
 @dataclass

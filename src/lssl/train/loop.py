@@ -327,6 +327,19 @@ def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimize
     return Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"])
 
 
+def tensorboard_writer(cfg: Config, root: Path, start_step: int) -> Any:
+    """A TensorBoard SummaryWriter on root/tensorboard, or None if train.tensorboard is off.
+    Events an interrupted run logged after `start_step` (the checkpoint's last step) are
+    dropped (purge_step), so a resumed run's curves continue without duplicates."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'lssl[tensorboard]'") from e
+    return SummaryWriter(str(root / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+
 def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> dict[str, Any]:
     """Train `config` and return its results.
 
@@ -371,112 +384,131 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
         paths["root"].mkdir(parents=True, exist_ok=True)
         (paths["root"] / "config.toml").write_text(cfgmod.dumps(cfg))
         report.write_csv(paths["root"] / "metrics.csv", prog.history)
-    net = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
-    val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    best_val: dict[str, float] | None = None  # the best epoch's validation scores, when this process saw it
-    if prog.best_epoch > 0:
-        best_tensors, _ = checkpoint.read(paths["best"])
-        best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
-                      for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
+    board = tensorboard_writer(cfg, paths["root"], prog.step) if procs.main else None
+    try:
+        net = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
+        scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+        val_loader = batches.eval_loader(spec.val, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        best_val: dict[str, float] | None = None  # the best epoch's validation scores, when this process saw it
+        if prog.best_epoch > 0:
+            best_tensors, _ = checkpoint.read(paths["best"])
+            best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
+                          for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
 
-    def checkpoint_to(path: Path) -> None:
-        save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
+        def checkpoint_to(path: Path) -> None:
+            save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
 
-    stopped = False
-    while prog.epoch < tc.epochs and not stopped:
-        loader = batches.train_loader(spec.train, spec.collate, local_batch, procs.world, procs.rank, cfg.seed,
-                                      prog.epoch, prog.batch, cfg.data.num_workers)
-        totals = metrics.Totals.from_tensor(task, torch.tensor(prog.partial, dtype=torch.float64)) if prog.batch else metrics.Totals(task)
-        seen, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, total=steps_per_epoch, initial=prog.batch, desc=f"epoch {prog.epoch + 1}/{tc.epochs}",
-                   disable=not (tc.progress and procs.main), unit="batch", dynamic_ncols=True)
-        net.train()
-        for batch in bar:
-            batch = batches.to_device(batch, device, dtype)
-            with autocast(device, tc.amp):
-                out = forward(net, batch)
-            out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
-            loss = metrics.loss(task, out, batch["y"])
-            finite = torch.isfinite(loss.detach()).to(torch.int32)
-            if procs.world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not finite.item():
-                last = paths["last"]
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                raise Diverged(
-                    f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
-                    f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc.grad_clip > 0:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step()
-            totals.add(out, batch["y"], loss)
-            prog.partial = totals.as_tensor().tolist()
-            seen += batch["y"].shape[0] * procs.world
-            prog.batch += 1
-            prog.step += 1
-            r = totals.result()
-            bar.set_postfix({"loss": f"{r['loss']:.4f}", metrics.METRIC[task]: f"{r[metrics.METRIC[task]]:.4f}",
-                             "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
-            if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
+        stopped = False
+        while prog.epoch < tc.epochs and not stopped:
+            loader = batches.train_loader(spec.train, spec.collate, local_batch, procs.world, procs.rank, cfg.seed,
+                                          prog.epoch, prog.batch, cfg.data.num_workers)
+            totals = (metrics.Totals.from_tensor(task, torch.tensor(prog.partial, dtype=torch.float64))
+                      if prog.batch else metrics.Totals(task))
+            seen, t0 = 0, time.perf_counter()
+            bar = tqdm(loader, total=steps_per_epoch, initial=prog.batch, desc=f"epoch {prog.epoch + 1}/{tc.epochs}",
+                       disable=not (tc.progress and procs.main), unit="batch", dynamic_ncols=True)
+            net.train()
+            for batch in bar:
+                batch = batches.to_device(batch, device, dtype)
+                with autocast(device, tc.amp):
+                    out = forward(net, batch)
+                out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
+                loss = metrics.loss(task, out, batch["y"])
+                finite = torch.isfinite(loss.detach()).to(torch.int32)
+                if procs.world > 1:
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if not finite.item():
+                    last = paths["last"]
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                    raise Diverged(
+                        f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
+                        f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
+                    )
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if tc.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    sched.step()
+                totals.add(out, batch["y"], loss)
+                prog.partial = totals.as_tensor().tolist()
+                seen += batch["y"].shape[0] * procs.world
+                prog.batch += 1
+                prog.step += 1
+                r = totals.result()
+                bar.set_postfix({"loss": f"{r['loss']:.4f}", metrics.METRIC[task]: f"{r[metrics.METRIC[task]]:.4f}",
+                                 "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
+                if board is not None:
+                    board.add_scalar("train/loss_step", loss.item(), prog.step)
+                    board.add_scalar("train/lr", opt.param_groups[0]["lr"], prog.step)
+                if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
+                    checkpoint_to(paths["last"])
+                if tc.max_steps and prog.step >= tc.max_steps:
+                    stopped = True
+                    break
+            bar.close()
+            if stopped and prog.batch < steps_per_epoch:
                 checkpoint_to(paths["last"])
-            if tc.max_steps and prog.step >= tc.max_steps:
-                stopped = True
                 break
-        bar.close()
-        if stopped and prog.batch < steps_per_epoch:
+            train_result = _result(totals, task, device, procs)
+            val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
+            metric = metrics.METRIC[task]
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(val[metric])
+            prog.history.append({
+                "epoch": prog.epoch + 1, "step": prog.step, "train_loss": train_result["loss"],
+                f"train_{metric}": train_result[metric], "val_loss": val["loss"], f"val_{metric}": val[metric],
+                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+            })
+            if metrics.better(task, val[metric], prog.best):
+                prog.best, prog.best_epoch = val[metric], prog.epoch + 1
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                best_val = val
+            prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
             checkpoint_to(paths["last"])
-            break
-        train_result = _result(totals, task, device, procs)
-        val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
-        metric = metrics.METRIC[task]
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(val[metric])
-        prog.history.append({
-            "epoch": prog.epoch + 1, "step": prog.step, "train_loss": train_result["loss"],
-            f"train_{metric}": train_result[metric], "val_loss": val["loss"], f"val_{metric}": val[metric],
-            "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-        })
-        if metrics.better(task, val[metric], prog.best):
-            prog.best, prog.best_epoch = val[metric], prog.epoch + 1
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            best_val = val
-        prog.epoch, prog.batch, prog.partial = prog.epoch + 1, 0, []
-        checkpoint_to(paths["last"])
-        if prog.best_epoch == prog.epoch:
-            checkpoint_to(paths["best"])
-        if procs.main:
-            report.write_csv(paths["root"] / "metrics.csv", prog.history)
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f", prog.epoch, train_result["loss"],
-                     val["loss"], metric, val[metric])
+            if prog.best_epoch == prog.epoch:
+                checkpoint_to(paths["best"])
+            if procs.main:
+                report.write_csv(paths["root"] / "metrics.csv", prog.history)
+                if board is not None:
+                    for key, value in prog.history[-1].items():
+                        if key not in ("epoch", "step"):
+                            board.add_scalar(f"epoch/{key}", value, prog.step)
+                    board.flush()
+                log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f", prog.epoch, train_result["loss"],
+                         val["loss"], metric, val[metric])
 
-    stopped = prog.epoch < tc.epochs
-    results: dict[str, Any] = {"run_dir": str(paths["root"]), "epochs": prog.epoch, "steps": prog.step,
-                               "best_epoch": prog.best_epoch, "stopped_early": stopped}
-    if stopped:
-        log.info("stopped after %d steps (train.max_steps); continue with --resume", prog.step)
+        stopped = prog.epoch < tc.epochs
+        results: dict[str, Any] = {"run_dir": str(paths["root"]), "epochs": prog.epoch, "steps": prog.step,
+                                   "best_epoch": prog.best_epoch, "stopped_early": stopped}
+        if stopped:
+            log.info("stopped after %d steps (train.max_steps); continue with --resume", prog.step)
+            return results
+        model.load_state_dict(best_state)
+        for name in ("val", "test", *dict(spec.extra)):
+            if name == "val" and best_val is not None:
+                # Scored at the end of the best epoch, with these very weights: not again.
+                results["val"] = {"rate": 1.0, **best_val}
+                continue
+            dataset, rate = select_split(spec, name, None)
+            loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
+            results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
+                                                  progress=tc.progress)}
+        if procs.main:
+            report.write(paths["root"], cfg, spec, model, prog.history, results)
+        if board is not None:
+            for name, result in results.items():
+                if isinstance(result, dict):
+                    for key, value in result.items():
+                        board.add_scalar(f"final/{name}_{key}", value, prog.step)
         return results
-    model.load_state_dict(best_state)
-    for name in ("val", "test", *dict(spec.extra)):
-        if name == "val" and best_val is not None:
-            # Scored at the end of the best epoch, with these very weights: not again.
-            results["val"] = {"rate": 1.0, **best_val}
-            continue
-        dataset, rate = select_split(spec, name, None)
-        loader = batches.eval_loader(dataset, spec.collate, local_batch, procs.world, procs.rank, cfg.data.num_workers)
-        results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
-                                              progress=tc.progress)}
-    if procs.main:
-        report.write(paths["root"], cfg, spec, model, prog.history, results)
-    return results
+    finally:
+        if board is not None:
+            board.close()
 
 
 def _result(totals: metrics.Totals, task: str, device: torch.device, procs: Processes) -> dict[str, float]:
