@@ -625,3 +625,40 @@ def test_dt_scale_only_at_degree_one(f64):
         layer(x, dt_scale=gaps)
     with pytest.raises(ValueError, match="degree > 1 does not take dt_scale"):
         layer.step(x[:, 0], layer.default_state(2), dt_scale=gaps[:, 0])
+
+
+@pytest.mark.parametrize("windows", [(5,), (4, 4, 6)])
+def test_row_blocks_do_not_change_the_window_signal(f64, monkeypatch, windows):
+    """WindowPolynomial in blocks of one row (every block boundary exercised) equals one block
+    for all rows, in value and in the gradients of x and a."""
+    x = torch.randn(3, 4, 40, requires_grad=True)
+    a = torch.randn(len(windows), 4, requires_grad=True)
+    G = torch.randn(3, 4, 40)
+
+    def run():
+        z = liquid.WindowPolynomial.apply(x, a, windows)
+        return (z, *torch.autograd.grad((z * G).sum(), (x, a)))
+
+    whole = run()
+    assert liquid.row_block(40) >= 12
+    monkeypatch.setattr(liquid, "row_block", lambda n: 1)
+    for got, expected in zip(run(), whole):
+        assert_close(got, expected)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_row_blocks_do_not_change_the_prefix_signal(f64, monkeypatch, batch):
+    """PrefixPolynomial in blocks of one row equals one block for all rows: w, the chunk
+    totals, and the gradients of x and c through both."""
+    x = torch.randn(3, 4, 30, requires_grad=True)
+    c = torch.randn(3, batch, 4, requires_grad=True)
+    G, T = torch.randn(3, 4, 30), torch.randn(2, 3, 4)
+
+    def run():
+        w, totals = liquid.PrefixPolynomial.apply(x, c)
+        return (w, totals, *torch.autograd.grad((w * G).sum() + (totals * T).sum(), (x, c)))
+
+    whole = run()
+    monkeypatch.setattr(liquid, "row_block", lambda n: 1)
+    for got, expected in zip(run(), whole):
+        assert_close(got, expected)

@@ -38,7 +38,9 @@ prefix differences lose log10(L / W) digits at most, and the tests hold the floa
 float64 sequential recurrences at L = 16000 for centred, positive, offset and heavy-tailed
 inputs. The gradient is analytic: d e_q(S) / d x_i = e_{q-1}(S without i) =
 sum_j (-x_i)^{j-1} e_{q-j}(S) turns the backward into a few adjoint (reverse) window or prefix
-sums combined by Horner's rule (`horner_gradient`), so only the forward's e's are kept.
+sums combined by Horner's rule (`horner_gradient`). Both directions run in blocks of rows
+(`row_block`, 4 MB of float64 each), so the float64 temporaries stay in cache, and the backward
+recomputes a block's e's from x instead of keeping them: only the input is saved.
 (A sliding-window recurrence e_p(k) = e_p(k-1) + ... would need a sequential loop, and a
 log-depth scan of truncated polynomial products costs several times more passes.)
 
@@ -164,11 +166,38 @@ def horner_gradient(x: Tensor, r: list[Tensor]) -> Tensor:
     return acc
 
 
+def row_block(length: int) -> int:
+    """Rows of length `length` per float64 block: 2^19 numbers (4 MB). The signals below run
+    block by block so that every float64 temporary stays in cache and below glibc's mmap
+    threshold; a whole (B, H, L) float64 temporary (65 MB at B = 4, H = 128, L = 16000) is
+    page-faulted in afresh by every operation, which doubled their cost."""
+    return max(1, (1 << 19) // max(length, 1))
+
+
+def per_row(t: Tensor, batch: int) -> Tensor:
+    """Coefficients (K, B or 1, H) -> (K, B H), one column per row of x.reshape(B H, n)."""
+    return t.expand(t.shape[0], batch, t.shape[-1]).reshape(t.shape[0], -1)
+
+
+def window_groups(windows: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+    """The orders p = 2, 3, ... grouped by their window W_p: [(W, [p, ...]), ...]."""
+    groups: dict[int, list[int]] = {}
+    for p, W in enumerate(windows, start=2):
+        groups.setdefault(W, []).append(p)
+    return list(groups.items())
+
+
+def window_polynomials(x64: Tensor, groups: list[tuple[int, list[int]]]) -> list[list[Tensor | float]]:
+    """For every window group, e_0 .. e_max(orders) of the causal windows of x64 (R, n)."""
+    sums = [x_j.cumsum(-1) for x_j in powers(x64, max(max(orders) for _, orders in groups))]
+    return [newton([window_sums(S, W) for S in sums[: max(orders)]]) for W, orders in groups]
+
+
 class WindowPolynomial(torch.autograd.Function):
     """z_k = sum_{p=2..P} a_p e_p(x_{k-W_p+1}, ..., x_k) (module docstring), computed in float64:
     prefix power sums, their window differences and Newton's identities, one group per distinct
-    window; the backward is analytic (`horner_gradient` with adjoint window sums), so nothing but
-    the e's is kept for it.
+    window, in blocks of rows (`row_block`); the backward recomputes a block's e's and applies
+    the analytic gradient (`horner_gradient` with adjoint window sums), so only x is kept.
 
     Args (of `apply`):
         x: (B, H, n). a: (P-1, H) the coefficients a_2 .. a_P. windows: (W_2, ..., W_P).
@@ -178,57 +207,63 @@ class WindowPolynomial(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
-        x64, a64 = x.double(), a.double()[..., None]  # (B, H, n), (P-1, H, 1)
-        groups: dict[int, list[int]] = {}
-        for p, W in enumerate(windows, start=2):
-            groups.setdefault(W, []).append(p)
-        sums = [x_j.cumsum(-1) for x_j in powers(x64, len(windows) + 1)]  # prefix power sums
-        z = None
-        saved = []
-        for W, orders in groups.items():
-            e = newton([window_sums(S, W) for S in sums[: max(orders)]])  # e_0 .. e_max
-            for p in orders:
-                z = a64[p - 2] * e[p] if z is None else z.addcmul_(a64[p - 2], e[p])
-            saved.extend(e[1:])
-        del sums
-        ctx.groups = list(groups.items())
-        ctx.dtypes = (x.dtype, a.dtype)
-        ctx.save_for_backward(x64, a64, *saved)
-        return z.to(x.dtype)
+        n = x.shape[-1]
+        groups = window_groups(windows)
+        rows = x.reshape(-1, n)
+        coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
+        z = torch.empty_like(rows)
+        step = row_block(n)
+        for i in range(0, rows.shape[0], step):
+            a64 = coeff[:, i : i + step, None].double()
+            out = None
+            for (W, orders), e in zip(groups, window_polynomials(rows[i : i + step].double(), groups)):
+                for p in orders:
+                    out = a64[p - 2] * e[p] if out is None else out.addcmul_(a64[p - 2], e[p])
+            z[i : i + step] = out
+        ctx.groups = groups
+        ctx.save_for_backward(x, a)
+        return z.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
-        x64, a64, *saved = ctx.saved_tensors
-        g = grad_z.double()
-        g_prefix = g.cumsum(-1)  # shared by the e_0 = 1 terms of every window
-        grad_x = None
-        grad_a = torch.empty_like(a64)
-        for W, orders in ctx.groups:
-            top = max(orders)
-            e, saved = [1.0, *saved[:top]], saved[top:]
-            for p in orders:
-                grad_a[p - 2, :, 0] = (g * e[p]).sum((0, 2))
-            # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1). With one order per window (the
-            # default windows) a_p is constant in time and multiplies the Horner sum instead.
-            if len(orders) == 1:
-                r = [reverse_window_sums(g * e[top - j], W) for j in range(1, top)]
-                r.append(reverse_window_sums_of_prefix(g_prefix, W))
-                part = horner_gradient(x64, r).mul_(a64[top - 2])
-            else:
-                r = []
-                for j in range(1, top + 1):
-                    coeff = sum(a64[p - 2] * e[p - j] for p in orders if p >= j)  # (H, 1) or (B, H, n)
-                    r.append(reverse_window_sums(g * coeff, W))
-                part = horner_gradient(x64, r)
-            grad_x = part if grad_x is None else grad_x.add_(part)
-        x_dtype, a_dtype = ctx.dtypes
-        return grad_x.to(x_dtype), grad_a[..., 0].to(a_dtype), None
+        x, a = ctx.saved_tensors
+        n = x.shape[-1]
+        rows, grads = x.reshape(-1, n), grad_z.reshape(-1, n)
+        coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
+        grad_x = torch.empty_like(rows)
+        grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
+        step = row_block(n)
+        for i in range(0, rows.shape[0], step):
+            x64, g, a64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
+            g_prefix = g.cumsum(-1)  # shared by the e_0 = 1 terms of every window
+            total = None
+            for (W, orders), e in zip(ctx.groups, window_polynomials(x64, ctx.groups)):
+                top = max(orders)
+                for p in orders:
+                    grad_coeff[p - 2, i : i + step] = (g * e[p]).sum(-1)
+                # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1). With one order per window (the
+                # default windows) a_p is constant in time and multiplies the Horner sum instead.
+                if len(orders) == 1:
+                    r = [reverse_window_sums(g * e[top - j], W) for j in range(1, top)]
+                    r.append(reverse_window_sums_of_prefix(g_prefix, W))
+                    part = horner_gradient(x64, r).mul_(a64[top - 2])
+                else:
+                    r = []
+                    for j in range(1, top + 1):
+                        c = sum(a64[p - 2] * e[p - j] for p in orders if p >= j)  # (R', 1) or (R', n)
+                        r.append(reverse_window_sums(g * c, W))
+                    part = horner_gradient(x64, r)
+                total = part if total is None else total.add_(part)
+            grad_x[i : i + step] = total
+        grad_a = grad_coeff.view(a.shape[0], x.shape[0], -1).sum(1)  # (P-1, H)
+        return grad_x.view_as(x), grad_a.to(a.dtype), None
 
 
 class PrefixPolynomial(torch.autograd.Function):
     """w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0, ..., x_{i-1}) (E_0 = 1), and the
-    e_q of the whole chunk, q = 1..Q; in float64 by prefix power sums and
-    Newton's identities, with an analytic backward (adjoint prefix sums, `horner_gradient`).
+    e_q of the whole chunk, q = 1..Q; in float64 by prefix power sums and Newton's identities,
+    in blocks of rows (`row_block`), with an analytic backward (adjoint prefix sums,
+    `horner_gradient`) that recomputes a block's e's, so only x is kept.
 
     Args (of `apply`):
         x: (B, H, L). c: (Q+1, B or 1, H).
@@ -237,53 +272,79 @@ class PrefixPolynomial(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        x64, c64 = x.double(), c.double()[..., None]  # (B, H, L), (Q+1, B or 1, H, 1)
-        Q = c.shape[0] - 1
-        E = newton([x_j.cumsum(-1) for x_j in powers(x64, Q)])  # e_q(x_0 .. x_i), inclusive
-        totals = torch.stack([e[..., -1] for e in E[1:]])  # e_1 .. e_Q of the chunk, (Q, B, H)
-        # gain_i = 1 + c_0 + sum_q c_q e_q(x_0 .. x_{i-1}): the inclusive e's shifted by one.
-        h = c64[1] * E[1]
-        for q in range(2, Q + 1):
-            h.addcmul_(c64[q], E[q])
-        gain = torch.empty_like(x64)
-        gain[..., :1] = 1 + c64[0]
-        torch.add(h[..., :-1], 1 + c64[0], out=gain[..., 1:])
-        ctx.dtypes = (x.dtype, c.dtype)
-        ctx.save_for_backward(x64, c64, gain, *E[1:])
-        return (x64 * gain).to(x.dtype), totals
+    def prefix(x64: Tensor, Q: int) -> list[Tensor | float]:
+        """e_0 .. e_Q of the inclusive prefixes x_0 .. x_i of x64 (R, L)."""
+        return newton([x_j.cumsum(-1) for x_j in powers(x64, Q)])
 
     @staticmethod
-    def backward(ctx, grad_w: Tensor, grad_totals: Tensor) -> tuple[Tensor, Tensor]:
-        x64, c64, gain, *E = ctx.saved_tensors
-        E = [1.0, *E]  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
-        Q = c64.shape[0] - 1
-        g = grad_w.double()
-        gx = g * x64
-        # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
-        grad_c = torch.stack([gx.sum(-1)] + [(gx[..., 1:] * E[q][..., :-1]).sum(-1) for q in range(1, Q + 1)])
-        if c64.shape[1] == 1:
+    def gain(E: list[Tensor | float], c64: Tensor) -> Tensor:
+        """1 + c_0 + sum_q c_q e_q(x_0 .. x_{i-1}) (R, L): the inclusive e's shifted by one.
+        c64: (Q+1, R, 1)."""
+        h = c64[1] * E[1]
+        for q in range(2, len(E)):
+            h.addcmul_(c64[q], E[q])
+        gain = torch.empty_like(h)
+        gain[..., :1] = 1 + c64[0]
+        torch.add(h[..., :-1], 1 + c64[0], out=gain[..., 1:])
+        return gain
+
+    @staticmethod
+    def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        L, Q = x.shape[-1], c.shape[0] - 1
+        rows = x.reshape(-1, L)
+        coeff = per_row(c, x.shape[0])  # (Q+1, R)
+        w = torch.empty_like(rows)
+        totals = torch.empty(Q, rows.shape[0], dtype=torch.float64, device=x.device)
+        step = row_block(L)
+        for i in range(0, rows.shape[0], step):
+            x64 = rows[i : i + step].double()
+            E = PrefixPolynomial.prefix(x64, Q)
+            totals[:, i : i + step] = torch.stack([e[..., -1] for e in E[1:]])
+            w[i : i + step] = x64 * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].double())
+        ctx.save_for_backward(x, c)
+        return w.view_as(x), totals.view(Q, *x.shape[:2])
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
+        x, c = ctx.saved_tensors
+        L, Q = x.shape[-1], c.shape[0] - 1
+        rows, grads = x.reshape(-1, L), grad_w.reshape(-1, L)
+        coeff = per_row(c, x.shape[0])  # (Q+1, R)
+        t_rows = None if grad_totals is None else grad_totals.reshape(Q, -1).double()  # (Q, R)
+        grad_x = torch.empty_like(rows)
+        grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
+        step = row_block(L)
+        for i in range(0, rows.shape[0], step):
+            x64, g, c64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
+            E = PrefixPolynomial.prefix(x64, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
+            gx = g * x64
+            # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
+            grad_coeff[0, i : i + step] = gx.sum(-1)
+            for q in range(1, Q + 1):
+                grad_coeff[q, i : i + step] = (gx[..., 1:] * E[q][..., :-1]).sum(-1)
+            # The chunk's e_q have d e_q / d x_i = sum_j (-x_i)^{j-1} e_{q-j}(chunk): constants
+            # added to the Horner coefficients below.
+            t = None if t_rows is None else t_rows[:, i : i + step, None]  # (Q, R', 1)
+            # r_j = sum_{k > i} g_k x_k sum_{q >= j} c_q E_{q-j}(k) + sum_{q >= j} t_q e_{q-j}(chunk).
+            r = []
+            for j in range(1, Q + 1):
+                T = gx * c64[j]
+                if j < Q:
+                    inner = c64[j + 1] * E[1]
+                    for q in range(j + 2, Q + 1):
+                        inner.addcmul_(c64[q], E[q - j])
+                    T[..., 1:].addcmul_(gx[..., 1:], inner[..., :-1])
+                C = T.cumsum(-1)
+                top = C[..., -1:]
+                if t is not None:
+                    top = top + sum(t[q - 1] * (1.0 if q == j else E[q - j][..., -1:]) for q in range(j, Q + 1))
+                r.append(top - C)
+            gain = PrefixPolynomial.gain(E, c64)
+            grad_x[i : i + step] = horner_gradient(x64, r).addcmul_(g, gain)
+        grad_c = grad_coeff.view(Q + 1, x.shape[0], -1)
+        if c.shape[1] == 1:
             grad_c = grad_c.sum(1, keepdim=True)
-        # The chunk's e_q have d e_q / d x_i = sum_j (-x_i)^{j-1} e_{q-j}(chunk): constants added
-        # to the Horner coefficients below.
-        t = None if grad_totals is None else grad_totals.double()  # (Q, B, H)
-        # r_j = sum_{k > i} g_k x_k sum_{q >= j} c_q E_{q-j}(k) + sum_{q >= j} t_q e_{q-j}(chunk).
-        r = []
-        for j in range(1, Q + 1):
-            T = gx * c64[j]
-            if j < Q:
-                inner = c64[j + 1] * E[1]
-                for q in range(j + 2, Q + 1):
-                    inner.addcmul_(c64[q], E[q - j])
-                T[..., 1:].addcmul_(gx[..., 1:], inner[..., :-1])
-            C = T.cumsum(-1)
-            top = C[..., -1:]
-            if t is not None:
-                top = top + sum(t[q - 1] * (1.0 if q == j else E[q - j][..., -1]) for q in range(j, Q + 1))[..., None]
-            r.append(top - C)
-        grad_x = horner_gradient(x64, r).addcmul_(g, gain)
-        x_dtype, c_dtype = ctx.dtypes
-        return grad_x.to(x_dtype), grad_c.to(c_dtype)
+        return grad_x.view_as(x), grad_c.to(c.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
