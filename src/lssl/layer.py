@@ -136,6 +136,13 @@ class SSMLayer(nn.Module):
             raise ValueError("a bidirectional layer has no state: it sees the future of every step")
         if dt_scale is not None:
             return self._irregular(x, state, return_state, rate, dt_scale)
+        y, final = self._convolve(x, state, return_state, rate)
+        out = self._output(self._skip(y, x))  # (B, L, H)
+        return (out, final) if return_state else out
+
+    def _convolve(self, x: Tensor, state: Any, return_state: bool, rate: float) -> tuple[Tensor, Any]:
+        """The SSM part of `forward`: its output (B, C, H, L) before the D skip, and the final
+        state if return_state (else None)."""
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         K = self.kernel(L, rate)  # (C or 2C, H, L)
@@ -148,10 +155,7 @@ class SSMLayer(nn.Module):
             y = fftconv(u, K)  # (B, C, H, L)
         if state is not None:
             y = y + self.kernel.state_response(state, L, rate)
-        out = self._output(self._skip(y, x))  # (B, L, H)
-        if return_state:
-            return out, self.kernel.final_state(x, state, rate)
-        return out
+        return y, self.kernel.final_state(x, state, rate) if return_state else None
 
     def _irregular(
         self, x: Tensor, state: Tensor | None, return_state: bool, rate: float, dt_scale: Tensor
@@ -487,27 +491,37 @@ class LiquidS4(SSMLayer):
         if state is not None:
             self._check_state(state, x.shape[0])
         self.liquid.set_length(x.shape[1])
+        return super().forward(x, state, return_state, rate, dt_scale)
+
+    def _plain_state(self, ssm: Tensor) -> LiquidState:
+        """The `LiquidState` of a degree-1 layer: the SSM state and an empty memory."""
+        return LiquidState(ssm, ssm.new_zeros(ssm.shape[0], self.d_model, 0, dtype=self.kernel.log_dt.dtype))
+
+    def _convolve(
+        self, x: Tensor, state: LiquidState | None, return_state: bool, rate: float
+    ) -> tuple[Tensor, LiquidState | None]:
+        """`SSMLayer._convolve` with the liquid terms (plain S4 at degree 1)."""
+        ssm = None if state is None else state.ssm
         if self.degree == 1:
-            out = super().forward(x, None if state is None else state.ssm, return_state, rate, dt_scale)
-            if return_state:
-                y, ssm = out
-                return y, LiquidState(ssm, x.new_zeros(x.shape[0], self.d_model, 0))
-            return out
-        check_positive("rate", rate)
-        if self.bidirectional and (state is not None or return_state):
-            raise ValueError("a bidirectional layer has no state: it sees the future of every step")
+            y, final = super()._convolve(x, ssm, return_state, rate)
+            return y, None if final is None else self._plain_state(final)
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         K = self.kernel(L, rate)  # (C or 2C, H, L)
         s = self.kernel.input_sum(rate)  # (H,)
         y, w, memory = self.liquid(u, K, s, None if state is None else state.memory, self.bidirectional)
         if state is not None:
-            y = y + self.kernel.state_response(state.ssm, L, rate)
-        out = self._output(self._skip(y, x))  # (B, L, H)
-        if return_state:
-            ssm = self.kernel.final_state(w.transpose(1, 2), None if state is None else state.ssm, rate)
-            return out, LiquidState(ssm, memory)
-        return out
+            y = y + self.kernel.state_response(ssm, L, rate)
+        if not return_state:
+            return y, None
+        return y, LiquidState(self.kernel.final_state(w.transpose(1, 2), ssm, rate), memory)
+
+    def _irregular(
+        self, x: Tensor, state: LiquidState | None, return_state: bool, rate: float, dt_scale: Tensor
+    ) -> Tensor | tuple[Tensor, LiquidState]:
+        """`SSMLayer._irregular` (degree 1 only) on the SSM part of a `LiquidState`."""
+        out = super()._irregular(x, None if state is None else state.ssm, return_state, rate, dt_scale)
+        return (out[0], self._plain_state(out[1])) if return_state else out
 
     def default_state(self, batch: int) -> LiquidState:
         """The zero state: zero SSM state and an empty past."""
