@@ -662,3 +662,17 @@ def test_row_blocks_do_not_change_the_prefix_signal(f64, monkeypatch, batch):
     monkeypatch.setattr(liquid, "row_block", lambda n: 1)
     for got, expected in zip(run(), whole):
         assert_close(got, expected)
+
+
+@pytest.mark.parametrize("windows", [(6,), (6, 4), (5, 5, 3)])
+def test_last_window_polynomial_is_the_last_sample_of_the_window_signal(f64, windows):
+    """The recurrent step's PB signal (power sums over the last windows) equals the last sample
+    of WindowPolynomial, in value and in the gradients of x and a."""
+    x = torch.randn(3, 4, max(windows), requires_grad=True)
+    a = torch.randn(len(windows), 4, requires_grad=True)
+    G = torch.randn(3, 4, 1)
+    last = liquid.last_window_polynomial(x, a, windows)
+    full = liquid.WindowPolynomial.apply(x, a, windows)[..., -1:]
+    assert_close(last, full)
+    for got, expected in zip(torch.autograd.grad((last * G).sum(), (x, a)), torch.autograd.grad((full * G).sum(), (x, a))):
+        assert_close(got, expected)

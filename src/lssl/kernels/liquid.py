@@ -75,8 +75,9 @@ def newton(power_sums: list[Tensor]) -> list[Tensor | float]:
     Args:
         power_sums: [p_1, ..., p_P], tensors of one shape.
     Returns:
-        [e_0, ..., e_P], e_0 = 1.0 (a number: no tensor of ones is built or multiplied). In place
-        on fresh tensors: not for use under autograd (the `Function`s below call it).
+        [e_0, ..., e_P], e_0 = 1.0 (a number: no tensor of ones is built or multiplied). Each
+        e_q is built in place on a fresh product and finished before anything reads it, so
+        autograd can differentiate through it.
     """
     e: list[Tensor | float] = [1.0, power_sums[0]]
     for q in range(2, len(power_sums) + 1):
@@ -386,6 +387,25 @@ def kb_signal(u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None) -
     return w, torch.stack(e_end[1:], -1).to(u.dtype)
 
 
+def last_window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
+    """z at the last sample only, sum_p a_p e_p(x[..., -W_p:]), for one recurrent step: power
+    sums over each window (no prefix sums over every position) and Newton's identities, in
+    float64, differentiable by autograd.
+
+    Args:
+        x: (B, H, n), n >= max(windows). a: (P-1, H). windows: (W_2, ..., W_P).
+    Returns:
+        (B, H, 1) of x's dtype.
+    """
+    x64, a64 = x.double(), a.double()[..., None]  # (B, H, n), (P-1, H, 1)
+    z = 0.0
+    for W, orders in window_groups(windows):
+        e = newton([x_j.sum(-1, keepdim=True) for x_j in powers(x64[..., -W:], max(orders))])
+        for p in orders:
+            z = z + a64[p - 2] * e[p]
+    return z.to(x.dtype)
+
+
 def pb_signal(
     u: Tensor, s: Tensor, windows: list[int], memory: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -402,7 +422,10 @@ def pb_signal(
     a = torch.stack([s ** (p - 1) for p in range(2, len(windows) + 2)])  # (P-1, H)
     # Without a memory the past is zeros, which the window sums already assume.
     x = u if memory is None else torch.cat([memory, u], dim=-1)  # (B, H, M' + L)
-    z = WindowPolynomial.apply(x, a, tuple(windows))[..., x.shape[-1] - u.shape[-1] :]
+    if memory is not None and u.shape[-1] == 1:  # a recurrent step: x is exactly the longest window
+        z = last_window_polynomial(x, a, tuple(windows))
+    else:
+        z = WindowPolynomial.apply(x, a, tuple(windows))[..., x.shape[-1] - u.shape[-1] :]
     tail = x[..., max(0, x.shape[-1] - M) :]
     if tail.shape[-1] < M:
         tail = nn.functional.pad(tail, (M - tail.shape[-1], 0))
