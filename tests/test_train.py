@@ -338,3 +338,11 @@ def test_tensorboard_events_continue_across_a_resume(tmp_path, monkeypatch):
 def test_tensorboard_off_writes_no_events(tmp_path):
     fit(toy_config(tmp_path, "plain", epochs=1), data=toy_spec(n_train=16))
     assert not (tmp_path / "plain/tensorboard").exists()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(UserError, match=r"train.tensorboard=true needs the tensorboard package: pip install"):
+        fit(toy_config(tmp_path, "tb", tensorboard=True), data=toy_spec(n_train=16))
