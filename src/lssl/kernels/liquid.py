@@ -39,8 +39,8 @@ float64 sequential recurrences at L = 16000 for centred, positive, offset and he
 inputs. The gradient is analytic: d e_q(S) / d x_i = e_{q-1}(S without i) =
 sum_j (-x_i)^{j-1} e_{q-j}(S) turns the backward into a few adjoint (reverse) window or prefix
 sums combined by Horner's rule (`horner_gradient`). Both directions run in blocks of rows
-(`row_block`, 4 MB of float64 each), so the float64 temporaries stay in cache, and the backward
-recomputes a block's e's from x instead of keeping them: only the input is saved.
+(`row_block`, 4 MB of float64 each on the CPU), so the float64 temporaries stay in cache, and
+the backward recomputes a block's e's from x instead of keeping them: only the input is saved.
 (A sliding-window recurrence e_p(k) = e_p(k-1) + ... would need a sequential loop, and a
 log-depth scan of truncated polynomial products costs several times more passes.)
 
@@ -167,12 +167,15 @@ def horner_gradient(x: Tensor, r: list[Tensor]) -> Tensor:
     return acc
 
 
-def row_block(length: int) -> int:
-    """Rows of length `length` per float64 block: 2^19 numbers (4 MB). The signals below run
-    block by block so that every float64 temporary stays in cache and below glibc's mmap
-    threshold; a whole (B, H, L) float64 temporary (65 MB at B = 4, H = 128, L = 16000) is
-    page-faulted in afresh by every operation, which doubled their cost."""
-    return max(1, (1 << 19) // max(length, 1))
+def row_block(length: int, device: torch.device) -> int:
+    """Rows of length `length` per float64 block: 2^19 numbers (4 MB) on the CPU, 2^25 (256 MB)
+    elsewhere. On the CPU the signals below run block by block so that every float64 temporary
+    stays in cache and below glibc's mmap threshold; a whole (B, H, L) float64 temporary (65 MB
+    at B = 4, H = 128, L = 16000) is page-faulted in afresh by every operation, which doubled
+    their cost. A GPU has no such cost but pays a launch per operation and block, hence its
+    larger blocks."""
+    numbers = 1 << 19 if device.type == "cpu" else 1 << 25
+    return max(1, numbers // max(length, 1))
 
 
 def per_row(t: Tensor, batch: int) -> Tensor:
@@ -213,7 +216,7 @@ class WindowPolynomial(torch.autograd.Function):
         rows = x.reshape(-1, n)
         coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
         z = torch.empty_like(rows)
-        step = row_block(n)
+        step = row_block(n, x.device)
         for i in range(0, rows.shape[0], step):
             a64 = coeff[:, i : i + step, None].double()
             out = None
@@ -233,7 +236,7 @@ class WindowPolynomial(torch.autograd.Function):
         coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
         grad_x = torch.empty_like(rows)
         grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
-        step = row_block(n)
+        step = row_block(n, x.device)
         for i in range(0, rows.shape[0], step):
             x64, g, a64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
             g_prefix = g.cumsum(-1)  # shared by the e_0 = 1 terms of every window
@@ -296,7 +299,7 @@ class PrefixPolynomial(torch.autograd.Function):
         coeff = per_row(c, x.shape[0])  # (Q+1, R)
         w = torch.empty_like(rows)
         totals = torch.empty(Q, rows.shape[0], dtype=torch.float64, device=x.device)
-        step = row_block(L)
+        step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
             x64 = rows[i : i + step].double()
             E = PrefixPolynomial.prefix(x64, Q)
@@ -314,7 +317,7 @@ class PrefixPolynomial(torch.autograd.Function):
         t_rows = None if grad_totals is None else grad_totals.reshape(Q, -1).double()  # (Q, R)
         grad_x = torch.empty_like(rows)
         grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
-        step = row_block(L)
+        step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
             x64, g, c64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
             E = PrefixPolynomial.prefix(x64, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
