@@ -676,3 +676,28 @@ def test_last_window_polynomial_is_the_last_sample_of_the_window_signal(f64, win
     assert_close(last, full)
     for got, expected in zip(torch.autograd.grad((last * G).sum(), (x, a)), torch.autograd.grad((full * G).sum(), (x, a))):
         assert_close(got, expected)
+
+
+def test_kb_degree_2_float32_path_at_long_length():
+    """KB at degree 2 (Q = 1) computes in float32 on the CPU (e_1 is a cumulative sum, no
+    Newton step): at L = 16000 its output and the gradients of x and c through output and chunk
+    totals agree with the float64 computation to float32 rounding, for centred, positive,
+    offset and heavy-tailed inputs."""
+    L = 16000
+    x = _hard_inputs(L).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    c = torch.tensor([[[0.0, 0.0]], [[0.5, -0.3]]], requires_grad=True)  # (Q+1, 1, H)
+    c64 = c.detach().double().requires_grad_()
+    G = torch.randn(4, 2, L, generator=torch.Generator().manual_seed(2))
+    T = torch.randn(1, 4, 2, dtype=torch.float64)
+    assert liquid.working_dtype(x, 1) == torch.float32 and liquid.working_dtype(x, 2) == torch.float64
+    w, totals = liquid.PrefixPolynomial.apply(x, c)
+    w64, totals64 = liquid.PrefixPolynomial.apply(x64, c64)
+    assert w.dtype == torch.float32
+    ((w * G).sum() + (totals * T).sum()).backward()
+    ((w64 * G.double()).sum() + (totals64 * T).sum()).backward()
+    for kind in range(4):
+        assert rel_err(w[kind].double(), w64[kind].detach()) < 2e-6, kind
+        assert rel_err(totals[:, kind].double(), totals64[:, kind].detach()) < 2e-6, kind
+        assert rel_err(x.grad[kind].double(), x64.grad[kind]) < 2e-6, kind
+    assert rel_err(c.grad.double(), c64.grad) < 2e-6

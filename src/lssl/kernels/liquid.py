@@ -263,9 +263,17 @@ class WindowPolynomial(torch.autograd.Function):
         return grad_x.view_as(x), grad_a.to(a.dtype), None
 
 
+def working_dtype(x: Tensor, Q: int) -> torch.dtype:
+    """The dtype of the prefix e_q: float64 when Newton's identities cancel (Q >= 2) or off the
+    CPU; for Q = 1 the only sum is e_1 = cumsum(x), which torch accumulates in double on the CPU
+    and rounds once, so x's own dtype loses nothing there."""
+    return x.dtype if Q == 1 and x.device.type == "cpu" else torch.float64
+
+
 class PrefixPolynomial(torch.autograd.Function):
     """w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0, ..., x_{i-1}) (E_0 = 1), and the
-    e_q of the whole chunk, q = 1..Q; in float64 by prefix power sums and Newton's identities,
+    e_q of the whole chunk, q = 1..Q; in float64 by prefix power sums and Newton's identities
+    (`working_dtype`: Q = 1, KB at degree 2, has no Newton step to cancel and keeps x's dtype),
     in blocks of rows (`row_block`), with an analytic backward (adjoint prefix sums,
     `horner_gradient`) that recomputes a block's e's, so only x is kept.
 
@@ -295,16 +303,17 @@ class PrefixPolynomial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         L, Q = x.shape[-1], c.shape[0] - 1
+        work = working_dtype(x, Q)
         rows = x.reshape(-1, L)
         coeff = per_row(c, x.shape[0])  # (Q+1, R)
         w = torch.empty_like(rows)
         totals = torch.empty(Q, rows.shape[0], dtype=torch.float64, device=x.device)
         step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
-            x64 = rows[i : i + step].double()
+            x64 = rows[i : i + step].to(work)
             E = PrefixPolynomial.prefix(x64, Q)
             totals[:, i : i + step] = torch.stack([e[..., -1] for e in E[1:]])
-            w[i : i + step] = x64 * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].double())
+            w[i : i + step] = x64 * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].to(work))
         ctx.save_for_backward(x, c)
         return w.view_as(x), totals.view(Q, *x.shape[:2])
 
@@ -312,14 +321,15 @@ class PrefixPolynomial(torch.autograd.Function):
     def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
         x, c = ctx.saved_tensors
         L, Q = x.shape[-1], c.shape[0] - 1
+        work = working_dtype(x, Q)
         rows, grads = x.reshape(-1, L), grad_w.reshape(-1, L)
         coeff = per_row(c, x.shape[0])  # (Q+1, R)
-        t_rows = None if grad_totals is None else grad_totals.reshape(Q, -1).double()  # (Q, R)
+        t_rows = None if grad_totals is None else grad_totals.reshape(Q, -1).to(work)  # (Q, R)
         grad_x = torch.empty_like(rows)
-        grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
+        grad_coeff = torch.empty(coeff.shape, dtype=work, device=x.device)
         step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
-            x64, g, c64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
+            x64, g, c64 = rows[i : i + step].to(work), grads[i : i + step].to(work), coeff[:, i : i + step, None].to(work)
             E = PrefixPolynomial.prefix(x64, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
             gx = g * x64
             # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
