@@ -1,5 +1,6 @@
 """Layer benchmark: forward + backward time and peak memory of one layer (kernel, convolution,
-D, activation, output mixing) at batch 4, against the FFT-convolution floor at the same shape
+D, activation, output mixing; gradients of the parameters and of the input, as inside a model
+and as in the floor) at batch 4, against the FFT-convolution floor at the same shape
 (interleaved in one process; ratios taken within each round), and the recurrent step latency.
 Liquid-S4 rows are also compared with the plain S4 layer (the ratio of the two layers' median
 ratios to the floor).
@@ -50,11 +51,14 @@ STEP_TARGETS = {("S4", 1): 0.1, ("S4", 64): 0.5, ("S4D", 1): 0.05, ("S4D", 64): 
 
 
 def layer_step(layer: SSMLayer, L: int) -> Step:
-    x = torch.randn(BATCH, L, layer.d_model)
+    """Forward + backward of the layer, with the gradient of its input too: inside a model every
+    layer's input depends on parameters (the encoder's, at least), and the floor pays for it."""
+    x = torch.randn(BATCH, L, layer.d_model, requires_grad=True)
     G = torch.randn(BATCH, L, layer.d_model)
 
     def step():
         layer.zero_grad(set_to_none=True)
+        x.grad = None
         (layer(x) * G).sum().backward()
 
     return step
