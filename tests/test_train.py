@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,8 +342,6 @@ def test_tensorboard_off_writes_no_events(tmp_path):
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(UserError, match=r"train.tensorboard=true needs the tensorboard package: pip install"):
         fit(toy_config(tmp_path, "tb", tensorboard=True), data=toy_spec(n_train=16))

@@ -43,7 +43,7 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise if `t` holds NaN or Inf."""
     # Any NaN or Inf makes the sum NaN or Inf, so a finite sum clears the tensor in one cheap
     # reduction; only a non-finite sum (possibly overflow of finite values) needs the full check.
-    if t.numel() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -284,20 +284,20 @@ class PrefixPolynomial(torch.autograd.Function):
     """
 
     @staticmethod
-    def prefix(x64: Tensor, Q: int) -> list[Tensor | float]:
-        """e_0 .. e_Q of the inclusive prefixes x_0 .. x_i of x64 (R, L)."""
-        return newton([x_j.cumsum(-1) for x_j in powers(x64, Q)])
+    def prefix(xw: Tensor, Q: int) -> list[Tensor | float]:
+        """e_0 .. e_Q of the inclusive prefixes x_0 .. x_i of xw (R, L), in xw's dtype."""
+        return newton([x_j.cumsum(-1) for x_j in powers(xw, Q)])
 
     @staticmethod
-    def gain(E: list[Tensor | float], c64: Tensor) -> Tensor:
+    def gain(E: list[Tensor | float], cw: Tensor) -> Tensor:
         """1 + c_0 + sum_q c_q e_q(x_0 .. x_{i-1}) (R, L): the inclusive e's shifted by one.
-        c64: (Q+1, R, 1)."""
-        h = c64[1] * E[1]
+        cw: (Q+1, R, 1), in the working dtype."""
+        h = cw[1] * E[1]
         for q in range(2, len(E)):
-            h.addcmul_(c64[q], E[q])
+            h.addcmul_(cw[q], E[q])
         gain = torch.empty_like(h)
-        gain[..., :1] = 1 + c64[0]
-        torch.add(h[..., :-1], 1 + c64[0], out=gain[..., 1:])
+        gain[..., :1] = 1 + cw[0]
+        torch.add(h[..., :-1], 1 + cw[0], out=gain[..., 1:])
         return gain
 
     @staticmethod
@@ -310,10 +310,10 @@ class PrefixPolynomial(torch.autograd.Function):
         totals = torch.empty(Q, rows.shape[0], dtype=torch.float64, device=x.device)
         step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
-            x64 = rows[i : i + step].to(work)
-            E = PrefixPolynomial.prefix(x64, Q)
+            xw = rows[i : i + step].to(work)
+            E = PrefixPolynomial.prefix(xw, Q)
             totals[:, i : i + step] = torch.stack([e[..., -1] for e in E[1:]])
-            w[i : i + step] = x64 * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].to(work))
+            w[i : i + step] = xw * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].to(work))
         ctx.save_for_backward(x, c)
         return w.view_as(x), totals.view(Q, *x.shape[:2])
 
@@ -329,9 +329,9 @@ class PrefixPolynomial(torch.autograd.Function):
         grad_coeff = torch.empty(coeff.shape, dtype=work, device=x.device)
         step = row_block(L, x.device)
         for i in range(0, rows.shape[0], step):
-            x64, g, c64 = rows[i : i + step].to(work), grads[i : i + step].to(work), coeff[:, i : i + step, None].to(work)
-            E = PrefixPolynomial.prefix(x64, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
-            gx = g * x64
+            xw, g, cw = rows[i : i + step].to(work), grads[i : i + step].to(work), coeff[:, i : i + step, None].to(work)
+            E = PrefixPolynomial.prefix(xw, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
+            gx = g * xw
             # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
             grad_coeff[0, i : i + step] = gx.sum(-1)
             for q in range(1, Q + 1):
@@ -342,19 +342,19 @@ class PrefixPolynomial(torch.autograd.Function):
             # r_j = sum_{k > i} g_k x_k sum_{q >= j} c_q E_{q-j}(k) + sum_{q >= j} t_q e_{q-j}(chunk).
             r = []
             for j in range(1, Q + 1):
-                T = gx * c64[j]
+                T = gx * cw[j]
                 if j < Q:
-                    inner = c64[j + 1] * E[1]
+                    inner = cw[j + 1] * E[1]
                     for q in range(j + 2, Q + 1):
-                        inner.addcmul_(c64[q], E[q - j])
+                        inner.addcmul_(cw[q], E[q - j])
                     T[..., 1:].addcmul_(gx[..., 1:], inner[..., :-1])
                 C = T.cumsum(-1)
                 top = C[..., -1:]
                 if t is not None:
                     top = top + sum(t[q - 1] * (1.0 if q == j else E[q - j][..., -1:]) for q in range(j, Q + 1))
                 r.append(top - C)
-            gain = PrefixPolynomial.gain(E, c64)
-            grad_x[i : i + step] = horner_gradient(x64, r).addcmul_(g, gain)
+            gain = PrefixPolynomial.gain(E, cw)
+            grad_x[i : i + step] = horner_gradient(xw, r).addcmul_(g, gain)
         grad_c = grad_coeff.view(Q + 1, x.shape[0], -1)
         if c.shape[1] == 1:
             grad_c = grad_c.sum(1, keepdim=True)
