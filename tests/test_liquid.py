@@ -1,5 +1,7 @@
+import importlib.util
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -18,6 +20,10 @@ SSM_PARAMS = {
     "dplr": ["log_neg_re", "lam_im", "P", "B", "C", "log_dt"],
     "diag": ["log_neg_re", "lam_im", "B", "C", "log_dt"],
 }
+
+
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+PB_BACKENDS = ["torch", pytest.param("numba", marks=needs_numba)]
 
 
 def _layer(liquid_name="pb", kernel="dplr", degree=2, **kw):
@@ -338,7 +344,8 @@ def _hard_inputs(L):
 
 
 @pytest.mark.slow
-def test_pb_signal_is_stable_at_long_length():
+@pytest.mark.parametrize("backend", PB_BACKENDS)
+def test_pb_signal_is_stable_at_long_length(backend):
     """PB's windowed e_p (float32 in and out, power sums and Newton's identities in float64) at
     L = 16000 with the default windows, against the float64 sequential recurrence over every
     window: the error is float32 rounding, also for heavy tails, where float32 power sums lose
@@ -350,7 +357,7 @@ def test_pb_signal_is_stable_at_long_length():
     for p, W in zip((2, 3, 4), windows):
         padded = torch.nn.functional.pad(x.double(), (W - 1, 0)).unfold(-1, W, 1)  # (..., L, W)
         expected = expected + reference.elementary(padded, p)[p]
-    z, _ = liquid.pb_signal(x, torch.ones(2), windows)
+    z, _ = liquid.pb_signal(x, torch.ones(2), windows, backend=backend)
     assert z.dtype == torch.float32
     for kind in range(4):
         assert rel_err(z[kind].double(), expected[kind]) < 2e-6, kind
@@ -588,6 +595,11 @@ def test_registry_and_export():
         (dict(window=0), "window must be a positive int"),
         (dict(window=2, degree=3), "window must be >= degree"),
         (dict(window=5, liquid="kb"), "window applies to the causal PB term only"),
+        (dict(backend="cuda"), "unknown backend 'cuda'; known: 'torch', 'numba'"),
+        pytest.param(dict(backend="numba", liquid="kb"), "computes the PB term only", marks=needs_numba),
+        pytest.param(
+            dict(backend="numba", liquid_compat="official"), "not liquid_compat='official'", marks=needs_numba
+        ),
     ],
 )
 def test_bad_options(kw, match):
@@ -701,3 +713,80 @@ def test_kb_degree_2_float32_path_at_long_length():
         assert rel_err(totals[:, kind].double(), totals64[:, kind].detach()) < 2e-6, kind
         assert rel_err(x.grad[kind].double(), x64.grad[kind]) < 2e-6, kind
     assert rel_err(c.grad.double(), c64.grad) < 2e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled PB backend
+
+
+@needs_numba
+@pytest.mark.parametrize("windows", [(3,), (4, 4, 4), (5, 3, 2), (20,)])
+@pytest.mark.parametrize("n", [1, 4, 9, 50])
+def test_numba_window_polynomial_equals_torch(f64, windows, n):
+    """The compiled sliding sums (in the (B, n, H) layout) against the torch prefix-sum version,
+    values and both gradients; windows longer than the sequence included."""
+    from lssl.ops.window_numba import WindowPolynomialNumba
+
+    x = torch.randn(3, n, 5, requires_grad=True)
+    a = torch.randn(len(windows), 5, requires_grad=True)
+    g = torch.randn(3, n, 5)
+    z = WindowPolynomialNumba.apply(x, a, windows)
+    expected = liquid.WindowPolynomial.apply(x.transpose(1, 2), a, windows).transpose(1, 2)
+    grads_numba = torch.autograd.grad((z * g).sum(), (x, a))
+    # At n = 1 every product of two or more samples is exactly 0: the torch version's prefix
+    # differences leave round-off there, hence an error scale of at least 1.
+    for got, want in zip([z, *grads_numba], [expected, *torch.autograd.grad((expected * g).sum(), (x, a))]):
+        assert (got - want).abs().max() <= 1e-10 * max(1.0, want.abs().max().item())
+
+
+@needs_numba
+def test_numba_window_polynomial_gradcheck(f64):
+    from lssl.ops.window_numba import WindowPolynomialNumba
+
+    x = torch.randn(2, 11, 3, requires_grad=True)
+    a = torch.randn(3, 3, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a: WindowPolynomialNumba.apply(x, a, (5, 3, 2)), (x, a))
+
+
+@needs_numba
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_numba_backend_equals_brute_force_enumeration(f64, degree):
+    layer = _layer("pb", degree=degree, backend="numba")
+    x = torch.randn(2, 9, H)
+    y = layer(x)
+    A, B, C = layer.kernel.discrete(9)
+    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, degree, "pb", _windows(layer))
+    assert_close(y, expected.flatten(-2))
+
+
+@needs_numba
+def test_numba_backend_layer_equals_torch_backend(f64):
+    """Same parameters, both backends: outputs at a rate, every gradient, chunked state passing,
+    bidirectional layers and the step loop after a numba chunk."""
+    fast = _layer("pb", degree=3, backend="numba", mix="glu", activation="gelu", l_max=40)
+    slow = _layer("pb", degree=3, mix="glu", activation="gelu", l_max=40)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 40, H, requires_grad=True)
+    y_fast, y_slow = fast(x, rate=1.5), slow(x, rate=1.5)
+    assert_close(y_fast, y_slow)
+    g = torch.randn_like(y_fast)
+    grads_fast = torch.autograd.grad((y_fast * g).sum(), [x, *fast.parameters()])
+    for got, want in zip(grads_fast, torch.autograd.grad((y_slow * g).sum(), [x, *slow.parameters()])):
+        assert_close(got, want)
+    with torch.no_grad():
+        y1, s = fast(x[:, :13], return_state=True)
+        y2, s = fast(x[:, 13:], state=s, return_state=True)
+        assert_close(torch.cat([y1, y2], 1), slow(x))
+        for t in range(5):
+            _, s = fast.step(x[:, t], fast.default_state(2) if t == 0 else s)
+        assert_close(fast(x[:, 5:], state=s), slow(x)[:, 5:])
+        both = [_layer("pb", degree=2, bidirectional=True, backend=b) for b in ("numba", "torch")]
+        both[1].load_state_dict(both[0].state_dict())
+        assert_close(both[0](x), both[1](x))
+
+
+def test_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.delitem(sys.modules, "lssl.ops.window_numba", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'lssl\[numba\]'"):
+        LiquidS4(H, d_state=4, backend="numba")

@@ -22,7 +22,7 @@ from .kernels.diag import INITS as DIAG_INITS
 from .kernels.diag import DiagKernel
 from .kernels.dplr import DPLRKernel
 from .kernels.krylov import KrylovKernel
-from .kernels.liquid import OFFICIAL_TERMS, TERMS, KernelB, PolyB, check_degree
+from .kernels.liquid import OFFICIAL_TERMS, TERMS, KernelB, PolyB, check_backend, check_degree
 from .ops.fftconv import fftconv
 
 Tensor = torch.Tensor
@@ -379,6 +379,8 @@ class LiquidS4(SSMLayer):
             steps, s^(2^(p-1) - 1), the mismatched KB frequency grids), for comparison with
             published numbers only: no state, no step, no gradient to the SSM from PB.
         kernel: 'dplr' (S4, A = Lambda - P P^*) or 'diag' (S4D, bilinear).
+        backend: 'torch' (every device) or 'numba' (PB on CPU tensors: the window polynomials
+            as compiled loops, same values; needs `pip install 'lssl[numba]'`).
         measure: the initial A: a HiPPO measure for 'dplr', an S4D init ('legs', 'inv', 'lin',
             'real') for 'diag'.
         channels, n_ssm, learn, lr, learn_dt, lr_dt, dt_min, dt_max, l_max, activation, dropout,
@@ -395,6 +397,7 @@ class LiquidS4(SSMLayer):
         window: int | None = None,
         liquid_compat: str | None = None,
         kernel: str = "dplr",
+        backend: str = "torch",
         measure: str = "legs",
         channels: int = 1,
         n_ssm: int | None = None,
@@ -417,6 +420,9 @@ class LiquidS4(SSMLayer):
             check_choice("liquid_compat", liquid_compat, LIQUID_COMPAT)
         if window is not None and (liquid != "pb" or liquid_compat is not None):
             raise ValueError("window applies to the causal PB term only (liquid='pb', liquid_compat=None)")
+        check_backend(backend, liquid)
+        if backend != "torch" and liquid_compat is not None:
+            raise ValueError(f"backend={backend!r} computes the causal PB term, not liquid_compat={liquid_compat!r}")
         common = dict(
             channels=channels * (2 if bidirectional else 1), n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
             learn_dt=learn_dt, lr_dt=lr_dt, learn=learn, lr=lr,
@@ -431,7 +437,7 @@ class LiquidS4(SSMLayer):
             lam, B = ssm.modes()
             self.liquid = OFFICIAL_TERMS[liquid](degree, lam, B, ssm.complex("C"), ssm.log_dt)
         elif liquid == "pb":
-            self.liquid = PolyB(degree, window)
+            self.liquid = PolyB(degree, window, backend)
             if l_max is not None:
                 self.liquid.set_length(l_max)
         else:

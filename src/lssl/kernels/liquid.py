@@ -58,7 +58,7 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_length
+from .._checks import check_choice, check_length
 from ..ops.fftconv import fftconv
 
 Tensor = torch.Tensor
@@ -419,15 +419,50 @@ def last_window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Te
     return z.to(x.dtype)
 
 
+BACKENDS = ("torch", "numba")
+
+
+def check_backend(backend: str, liquid: str) -> None:
+    """Raise unless `backend` names a backend of the `liquid` term ('numba': PB only, and the
+    numba package importable)."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "numba":
+        if liquid != "pb":
+            raise ValueError(f"backend='numba' computes the PB term only (liquid='pb'), got liquid={liquid!r}")
+        numba_window_polynomial()
+
+
+def numba_window_polynomial() -> type[torch.autograd.Function]:
+    """`ops.window_numba.WindowPolynomialNumba`, imported on first use (numba is optional)."""
+    try:
+        from ..ops.window_numba import WindowPolynomialNumba
+    except ImportError as err:
+        raise ImportError("backend='numba' needs the numba package: pip install 'lssl[numba]'") from err
+    return WindowPolynomialNumba
+
+
+def window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...], backend: str) -> Tensor:
+    """`WindowPolynomial` (backend 'torch') or its compiled twin (backend 'numba', CPU tensors):
+    x (B, H, n), a (P-1, H) -> z (B, H, n). The numba loops run in the (B, n, H) layout, of
+    which the layer's x.transpose(1, 2) is already a view, and return z as such a view."""
+    if backend == "torch":
+        return WindowPolynomial.apply(x, a, windows)
+    if x.device.type != "cpu":
+        raise ValueError(f"backend='numba' runs on CPU tensors, got the input on {x.device}; use backend='torch'")
+    return numba_window_polynomial().apply(x.transpose(1, 2), a, windows).transpose(1, 2)
+
+
 def pb_signal(
-    u: Tensor, s: Tensor, windows: list[int], memory: Tensor | None = None
+    u: Tensor, s: Tensor, windows: list[int], memory: Tensor | None = None, backend: str = "torch"
 ) -> tuple[Tensor, Tensor]:
     """The PB correlation signal z_k = sum_{p=2..P} s^{p-1} e_p(last W_p samples up to k)
-    (`WindowPolynomial`).
+    (`window_polynomial`).
 
     Args:
         u: (B, H, L). s: (H,). windows: [W_2, ..., W_P].
         memory: (B, H, M) the M = max(W_p) - 1 inputs before u[..., 0] (None: zeros).
+        backend: 'torch' or 'numba' (`window_polynomial`; a single recurrent step always
+            runs in torch).
     Returns:
         z (B, H, L) and the memory after u[..., -1] (B, H, M).
     """
@@ -438,7 +473,7 @@ def pb_signal(
     if memory is not None and u.shape[-1] == 1:  # a recurrent step: x is exactly the longest window
         z = last_window_polynomial(x, a, tuple(windows))
     else:
-        z = WindowPolynomial.apply(x, a, tuple(windows))[..., x.shape[-1] - u.shape[-1] :]
+        z = window_polynomial(x, a, tuple(windows), backend)[..., x.shape[-1] - u.shape[-1] :]
     tail = x[..., max(0, x.shape[-1] - M) :]
     if tail.shape[-1] < M:
         tail = nn.functional.pad(tail, (M - tail.shape[-1], 0))
@@ -628,13 +663,15 @@ class PolyB(LiquidTerm):
         degree: P. window: one W for every order, or None for the official rule
             W_p = min{n : binom(n, p) >= l}, with l set by `set_length` (the layer's l_max or
             first input length) and kept so that chunks, steps and the whole sequence agree.
+        backend: 'torch' or 'numba' (`window_polynomial`).
     """
 
-    def __init__(self, degree: int, window: int | None = None):
+    def __init__(self, degree: int, window: int | None = None, backend: str = "torch"):
         super().__init__(degree)
         if window is not None:
             check_length("window", window)
-        self.window = window
+        check_backend(backend, "pb")
+        self.window, self.backend = window, backend
         self._check_window(degree)
         # The length l of the default window rule; 0 until set.
         self.register_buffer("length", torch.tensor(0))
@@ -675,7 +712,7 @@ class PolyB(LiquidTerm):
         return max(self.windows(), default=1) - 1
 
     def signals(self, u: Tensor, s: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        z, memory = pb_signal(u, s, self.windows(), memory)
+        z, memory = pb_signal(u, s, self.windows(), memory, self.backend)
         return u, z, memory
 
 
