@@ -96,9 +96,7 @@ def window_backward(x, a, windows, g, gx, ga):
         R = np.zeros((orders, top, H))  # R[o, j] = sum_{k=i..i+W-1} g_k e_{p-j}(k)
         e = np.empty((top, H))
         acc, t, xv, gi, gk = np.empty(H), np.empty(H), np.empty(H), np.empty(H), np.empty(H)
-        for o in range(orders):
-            for h in range(H):
-                ga[o, b, h] = 0.0
+        gsum = np.zeros((orders, H))  # sum_k g_k e_p(k), the gradient of a_p
         for o in range(orders):
             p, W = o + 2, windows[o]
             # The window state at k = n - 1, summed directly; `leave` starts there too and
@@ -120,7 +118,8 @@ def window_backward(x, a, windows, g, gx, ga):
                 newton(enter, o, p, e, acc)
                 for h in range(H):
                     gk[h] = g[b, i, h]
-                    ga[o, b, h] += gk[h] * e[p, h]
+                for h in range(H):
+                    gsum[o, h] += gk[h] * e[p, h]
                 for j in range(1, p + 1):
                     for h in range(H):
                         R[o, j, h] += gk[h] * e[p - j, h]
@@ -147,6 +146,9 @@ def window_backward(x, a, windows, g, gx, ga):
                     gi[h] += a[o, b, h] * acc[h]
             for h in range(H):
                 gx[b, i, h] = gi[h]
+        for o in range(orders):
+            for h in range(H):
+                ga[o, b, h] = gsum[o, h]
 
 
 
