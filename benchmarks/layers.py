@@ -34,11 +34,12 @@ LAYERS: dict[str, Callable[[int, int], SSMLayer]] = {
         for term in ("pb", "kb")
         for P in (2, 3, 4)
     },
-    # The same PB layers with the window polynomials as compiled loops (needs numba).
+    # The same layers with the liquid signals as compiled loops (needs numba).
     **{
-        f"Liquid-S4 PB P={P} (numba)": (
-            lambda H, N, P=P: LiquidS4(H, d_state=N, degree=P, liquid="pb", backend="numba")
+        f"Liquid-S4 {term.upper()} P={P} (numba)": (
+            lambda H, N, term=term, P=P: LiquidS4(H, d_state=N, degree=P, liquid=term, backend="numba")
         )
+        for term in ("pb", "kb")
         for P in (2, 3, 4)
     },
 }

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lssl
+import lssl.ops
 from lssl import LiquidS4, LiquidState
 from lssl.kernels import liquid, reference
 from lssl.layer import S4, S4D
@@ -23,7 +24,7 @@ SSM_PARAMS = {
 
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
-PB_BACKENDS = ["torch", pytest.param("numba", marks=needs_numba)]
+BACKENDS = ["torch", pytest.param("numba", marks=needs_numba)]
 
 
 def _layer(liquid_name="pb", kernel="dplr", degree=2, **kw):
@@ -344,7 +345,7 @@ def _hard_inputs(L):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", PB_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_pb_signal_is_stable_at_long_length(backend):
     """PB's windowed e_p (float32 in and out, power sums and Newton's identities in float64) at
     L = 16000 with the default windows, against the float64 sequential recurrence over every
@@ -363,12 +364,13 @@ def test_pb_signal_is_stable_at_long_length(backend):
         assert rel_err(z[kind].double(), expected[kind]) < 2e-6, kind
 
 
-def test_kb_signal_is_stable_at_long_length():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kb_signal_is_stable_at_long_length(backend):
     """KB's prefix e_q (float32 in and out) at L = 16000 against the float64 running recurrence."""
     L = 16000
     x = _hard_inputs(L)
     s = torch.full((2,), 0.5)
-    w, memory = liquid.kb_signal(x, s, 4)
+    w, memory = liquid.kb_signal(x, s, 4, backend=backend)
     e = [torch.ones(4, 2, dtype=torch.float64)] + [torch.zeros(4, 2, dtype=torch.float64)] * 3
     gain = []
     xd = x.double()
@@ -596,7 +598,6 @@ def test_registry_and_export():
         (dict(window=2, degree=3), "window must be >= degree"),
         (dict(window=5, liquid="kb"), "window applies to the causal PB term only"),
         (dict(backend="cuda"), "unknown backend 'cuda'; known: 'torch', 'numba'"),
-        pytest.param(dict(backend="numba", liquid="kb"), "computes the PB term only", marks=needs_numba),
         pytest.param(
             dict(backend="numba", liquid_compat="official"), "not liquid_compat='official'", marks=needs_numba
         ),
@@ -725,7 +726,7 @@ def test_kb_degree_2_float32_path_at_long_length():
 def test_numba_window_polynomial_equals_torch(f64, windows, n):
     """The compiled sliding sums (in the (B, n, H) layout) against the torch prefix-sum version,
     values and both gradients; windows longer than the sequence included."""
-    from lssl.ops.window_numba import WindowPolynomialNumba
+    from lssl.ops.liquid_numba import WindowPolynomialNumba
 
     x = torch.randn(3, n, 5, requires_grad=True)
     a = torch.randn(len(windows), 5, requires_grad=True)
@@ -741,7 +742,7 @@ def test_numba_window_polynomial_equals_torch(f64, windows, n):
 
 @needs_numba
 def test_numba_window_polynomial_gradcheck(f64):
-    from lssl.ops.window_numba import WindowPolynomialNumba
+    from lssl.ops.liquid_numba import WindowPolynomialNumba
 
     x = torch.randn(2, 11, 3, requires_grad=True)
     a = torch.randn(3, 3, requires_grad=True)
@@ -749,22 +750,55 @@ def test_numba_window_polynomial_gradcheck(f64):
 
 
 @needs_numba
+@pytest.mark.parametrize("Q", [1, 2, 3])
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("n", [1, 5, 300])
+def test_numba_prefix_polynomial_equals_torch(f64, Q, per_batch, n):
+    """The compiled KB recurrence and its blocked adjoint (n = 300 spans two blocks of 256)
+    against the torch prefix-sum version: w, the chunk's e's, and the gradients of x and c
+    through both outputs."""
+    from lssl.ops.liquid_numba import PrefixPolynomialNumba
+
+    x = torch.randn(3, n, 4, requires_grad=True)
+    c = (0.3 * torch.randn(Q + 1, 3 if per_batch else 1, 4)).requires_grad_()
+    g, t = torch.randn(3, n, 4), torch.randn(Q, 3, 4)
+    w, totals = PrefixPolynomialNumba.apply(x, c)
+    w_ref, totals_ref = liquid.PrefixPolynomial.apply(x.transpose(1, 2), c)
+    w_ref = w_ref.transpose(1, 2)
+    got = [w, totals, *torch.autograd.grad((w * g).sum() + (totals * t).sum(), (x, c))]
+    want = [w_ref, totals_ref, *torch.autograd.grad((w_ref * g).sum() + (totals_ref * t).sum(), (x, c))]
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@needs_numba
+def test_numba_prefix_polynomial_gradcheck(f64):
+    from lssl.ops.liquid_numba import PrefixPolynomialNumba
+
+    x = torch.randn(2, 9, 3, requires_grad=True)
+    c = torch.randn(4, 2, 3, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, c: PrefixPolynomialNumba.apply(x, c), (x, c))
+
+
+@needs_numba
+@pytest.mark.parametrize("term", TERMS)
 @pytest.mark.parametrize("degree", [2, 3, 4])
-def test_numba_backend_equals_brute_force_enumeration(f64, degree):
-    layer = _layer("pb", degree=degree, backend="numba")
+def test_numba_backend_equals_brute_force_enumeration(f64, term, degree):
+    layer = _layer(term, degree=degree, backend="numba")
     x = torch.randn(2, 9, H)
     y = layer(x)
     A, B, C = layer.kernel.discrete(9)
-    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, degree, "pb", _windows(layer))
+    expected = _s4_part(layer, x) + reference.liquid_enumeration(A, B, C, x, degree, term, _windows(layer))
     assert_close(y, expected.flatten(-2))
 
 
 @needs_numba
-def test_numba_backend_layer_equals_torch_backend(f64):
+@pytest.mark.parametrize("term", TERMS)
+def test_numba_backend_layer_equals_torch_backend(f64, term):
     """Same parameters, both backends: outputs at a rate, every gradient, chunked state passing,
     bidirectional layers and the step loop after a numba chunk."""
-    fast = _layer("pb", degree=3, backend="numba", mix="glu", activation="gelu", l_max=40)
-    slow = _layer("pb", degree=3, mix="glu", activation="gelu", l_max=40)
+    fast = _layer(term, degree=3, backend="numba", mix="glu", activation="gelu", l_max=40)
+    slow = _layer(term, degree=3, mix="glu", activation="gelu", l_max=40)
     slow.load_state_dict(fast.state_dict())
     x = torch.randn(2, 40, H, requires_grad=True)
     y_fast, y_slow = fast(x, rate=1.5), slow(x, rate=1.5)
@@ -780,13 +814,14 @@ def test_numba_backend_layer_equals_torch_backend(f64):
         for t in range(5):
             _, s = fast.step(x[:, t], fast.default_state(2) if t == 0 else s)
         assert_close(fast(x[:, 5:], state=s), slow(x)[:, 5:])
-        both = [_layer("pb", degree=2, bidirectional=True, backend=b) for b in ("numba", "torch")]
+        both = [_layer(term, degree=2, bidirectional=True, backend=b) for b in ("numba", "torch")]
         both[1].load_state_dict(both[0].state_dict())
         assert_close(both[0](x), both[1](x))
 
 
 def test_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
-    monkeypatch.delitem(sys.modules, "lssl.ops.window_numba", raising=False)
+    monkeypatch.delitem(sys.modules, "lssl.ops.liquid_numba", raising=False)
+    monkeypatch.delattr(lssl.ops, "liquid_numba", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'lssl\[numba\]'"):
         LiquidS4(H, d_state=4, backend="numba")

@@ -379,8 +379,9 @@ class LiquidS4(SSMLayer):
             steps, s^(2^(p-1) - 1), the mismatched KB frequency grids), for comparison with
             published numbers only: no state, no step, no gradient to the SSM from PB.
         kernel: 'dplr' (S4, A = Lambda - P P^*) or 'diag' (S4D, bilinear).
-        backend: 'torch' (every device) or 'numba' (PB on CPU tensors: the window polynomials
-            as compiled loops, same values; needs `pip install 'lssl[numba]'`).
+        backend: 'torch' (every device) or 'numba' (CPU tensors: the PB window polynomials or
+            the KB prefix recurrence as compiled loops, same values; needs
+            `pip install 'lssl[numba]'`).
         measure: the initial A: a HiPPO measure for 'dplr', an S4D init ('legs', 'inv', 'lin',
             'real') for 'diag'.
         channels, n_ssm, learn, lr, learn_dt, lr_dt, dt_min, dt_max, l_max, activation, dropout,
@@ -420,9 +421,9 @@ class LiquidS4(SSMLayer):
             check_choice("liquid_compat", liquid_compat, LIQUID_COMPAT)
         if window is not None and (liquid != "pb" or liquid_compat is not None):
             raise ValueError("window applies to the causal PB term only (liquid='pb', liquid_compat=None)")
-        check_backend(backend, liquid)
+        check_backend(backend)
         if backend != "torch" and liquid_compat is not None:
-            raise ValueError(f"backend={backend!r} computes the causal PB term, not liquid_compat={liquid_compat!r}")
+            raise ValueError(f"backend={backend!r} computes our causal terms, not liquid_compat={liquid_compat!r}")
         common = dict(
             channels=channels * (2 if bidirectional else 1), n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
             learn_dt=learn_dt, lr_dt=lr_dt, learn=learn, lr=lr,
@@ -441,7 +442,7 @@ class LiquidS4(SSMLayer):
             if l_max is not None:
                 self.liquid.set_length(l_max)
         else:
-            self.liquid = KernelB(degree)
+            self.liquid = KernelB(degree, backend)
 
     @property
     def degree(self) -> int:

@@ -373,7 +373,9 @@ def default_window(length: int, order: int) -> int:
     return n
 
 
-def kb_signal(u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def kb_signal(
+    u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None, backend: str = "torch"
+) -> tuple[Tensor, Tensor]:
     """The KB input of the SSM, w_i = u_i (1 + sum_{p=2..P} s^{p-1} e_{p-1}(past, u_0 .. u_{i-1})).
 
     With the past's e_m (the memory, e_0 = 1), e_{p-1}(past ++ u_<i) = sum_m e_m E_{p-1-m}(i), so
@@ -382,20 +384,21 @@ def kb_signal(u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None) -
     Args:
         u: (B, H, L). s: (H,) the input sums 1^T B_bar. degree: P >= 2.
         memory: (B, H, P-1) e_1 .. e_{P-1} of the inputs before u[..., 0] (None: no past).
+        backend: 'torch' or 'numba' (`prefix_polynomial`).
     Returns:
         w (B, H, L) and the memory after u[..., -1] (B, H, P-1).
     """
     Q = degree - 1
     if memory is None:
         c = torch.stack([torch.zeros_like(s)] + [s**q for q in range(1, Q + 1)])[:, None]  # (Q+1, 1, H)
-        w, e_end = PrefixPolynomial.apply(u, c)
+        w, e_end = prefix_polynomial(u, c, backend)
         e_end = [1.0, *e_end]
     else:
         past = [torch.ones_like(memory[..., 0]), *memory.unbind(-1)]  # e_0 .. e_Q of the past, (B, H)
         c = torch.stack([
             sum(s ** (p - 1) * past[p - 1 - q] for p in range(max(2, q + 1), degree + 1)) for q in range(Q + 1)
         ])  # (Q+1, B, H)
-        w, e_end = PrefixPolynomial.apply(u, c)
+        w, e_end = prefix_polynomial(u, c, backend)
         e_end = combine([m.double() for m in past[1:]], [1.0, *e_end])
     return w, torch.stack(e_end[1:], -1).to(u.dtype)
 
@@ -422,23 +425,26 @@ def last_window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Te
 BACKENDS = ("torch", "numba")
 
 
-def check_backend(backend: str, liquid: str) -> None:
-    """Raise unless `backend` names a backend of the `liquid` term ('numba': PB only, and the
-    numba package importable)."""
+def check_backend(backend: str) -> None:
+    """Raise unless `backend` is one of `BACKENDS` (for 'numba': importable)."""
     check_choice("backend", backend, BACKENDS)
     if backend == "numba":
-        if liquid != "pb":
-            raise ValueError(f"backend='numba' computes the PB term only (liquid='pb'), got liquid={liquid!r}")
-        numba_window_polynomial()
+        numba_ops()
 
 
-def numba_window_polynomial() -> type[torch.autograd.Function]:
-    """`ops.window_numba.WindowPolynomialNumba`, imported on first use (numba is optional)."""
+def numba_ops():
+    """The module `ops.liquid_numba`, imported on first use (numba is optional)."""
     try:
-        from ..ops.window_numba import WindowPolynomialNumba
+        from ..ops import liquid_numba
     except ImportError as err:
         raise ImportError("backend='numba' needs the numba package: pip install 'lssl[numba]'") from err
-    return WindowPolynomialNumba
+    return liquid_numba
+
+
+def check_cpu(x: Tensor) -> None:
+    """Raise unless x is on the CPU (the numba backend's loops read its memory directly)."""
+    if x.device.type != "cpu":
+        raise ValueError(f"backend='numba' runs on CPU tensors, got the input on {x.device}; use backend='torch'")
 
 
 def window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...], backend: str) -> Tensor:
@@ -447,9 +453,19 @@ def window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...], backend: s
     which the layer's x.transpose(1, 2) is already a view, and return z as such a view."""
     if backend == "torch":
         return WindowPolynomial.apply(x, a, windows)
-    if x.device.type != "cpu":
-        raise ValueError(f"backend='numba' runs on CPU tensors, got the input on {x.device}; use backend='torch'")
-    return numba_window_polynomial().apply(x.transpose(1, 2), a, windows).transpose(1, 2)
+    check_cpu(x)
+    return numba_ops().WindowPolynomialNumba.apply(x.transpose(1, 2), a, windows).transpose(1, 2)
+
+
+def prefix_polynomial(x: Tensor, c: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """`PrefixPolynomial` (backend 'torch') or its compiled twin (backend 'numba', CPU tensors):
+    x (B, H, L), c (Q+1, B or 1, H) -> w (B, H, L) (for 'numba' a view of (B, L, H), like the
+    layer's input) and the chunk's e_1 .. e_Q (Q, B, H) float64."""
+    if backend == "torch":
+        return PrefixPolynomial.apply(x, c)
+    check_cpu(x)
+    w, totals = numba_ops().PrefixPolynomialNumba.apply(x.transpose(1, 2), c)
+    return w.transpose(1, 2), totals
 
 
 def pb_signal(
@@ -645,13 +661,22 @@ class LiquidTerm(nn.Module):
 
 class KernelB(LiquidTerm):
     """KB: y = K * w + D u with w_i = u_i (1 + sum_p s^{p-1} e_{p-1}(u_<i)) (module docstring);
-    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1)."""
+    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1).
+
+    Args:
+        degree: P. backend: 'torch' or 'numba' (`prefix_polynomial`).
+    """
+
+    def __init__(self, degree: int, backend: str = "torch"):
+        super().__init__(degree)
+        check_backend(backend)
+        self.backend = backend
 
     def memory_size(self) -> int:
         return self.degree - 1
 
     def signals(self, u: Tensor, s: Tensor, memory: Tensor | None) -> tuple[Tensor, None, Tensor]:
-        w, memory = kb_signal(u, s, self.degree, memory)
+        w, memory = kb_signal(u, s, self.degree, memory, self.backend)
         return w, None, memory
 
 
@@ -670,7 +695,7 @@ class PolyB(LiquidTerm):
         super().__init__(degree)
         if window is not None:
             check_length("window", window)
-        check_backend(backend, "pb")
+        check_backend(backend)
         self.window, self.backend = window, backend
         self._check_window(degree)
         # The length l of the default window rule; 0 until set.

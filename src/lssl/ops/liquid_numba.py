@@ -1,21 +1,28 @@
-"""Compiled (numba) sliding-window elementary symmetric polynomials: the PB signal of Liquid-S4
-as one pass over time, for CPU tensors.
+"""Compiled (numba) elementary symmetric polynomials for the Liquid-S4 signals on CPU tensors:
+one pass over time, vectorised over the H features of the (B, L, H) layout (the layer's own, so
+nothing is transposed), float64 inside. `kernels.liquid` keeps the torch versions as the
+reference and the path for every other device; the tests hold the two together in float64.
+
+PB (`WindowPolynomialNumba`):
 
     z[b, k, h] = sum_{p=2..P} a[p-2, b, h] e_p(x[b, k-W_p+1, h], ..., x[b, k, h])
 
-(zeros before the start), the same function as `kernels.liquid.WindowPolynomial`, which stays the
-reference and the path for every other device. Where the torch version makes a dozen passes over
-(B, H, L) float64 temporaries (prefix power sums, window differences, Newton's identities), this
-keeps the window power sums of every feature in float64 registers and slides them: add x_k^j,
-subtract x_{k-W}^j, then Newton's identities, one sample at a time, vectorised over the H
-features of the (B, L, H) layout (the layer's own, so nothing is transposed). The running sums
-carry the same float64 round-off as the prefix differences (an outlier's x^p leaves its rounding
-behind in both), and the tests hold the two paths together in float64.
+(zeros before the start), the function of `kernels.liquid.WindowPolynomial`. Where the torch
+version makes a dozen passes over (B, H, L) float64 temporaries (prefix power sums, window
+differences, Newton's identities), this keeps the window power sums in float64 and slides them:
+add x_k^j, subtract x_{k-W}^j, then Newton's identities. The running sums carry the same float64
+round-off as the prefix differences (an outlier's x^p leaves its rounding behind in both).
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
 sweep keeps R_j as running sums and two sliding window states, at k = i (entering) and at
 k = i + W (leaving), so no (L,)-sized buffer is kept and the e's are recomputed, not saved.
+
+KB (`PrefixPolynomialNumba`): w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0..x_{i-1}),
+the function of `kernels.liquid.PrefixPolynomial`, by the defining recurrence itself,
+e_q <- e_q + x_i e_{q-1} (no power sums, so nothing cancels). Backward: the adjoint of that
+recurrence, run in reverse over blocks of `BLOCK` samples, each block's states recomputed from a
+checkpoint kept at its start (memory O(L / BLOCK + BLOCK) per feature instead of O(L)).
 
 numba is optional (`pip install lssl[numba]`): this module imports it, and `kernels.liquid`
 imports this module only for backend='numba'.
@@ -30,6 +37,9 @@ import torch
 Tensor = torch.Tensor
 
 _compile = numba.njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
+
+# Samples per block of the KB backward: its states (BLOCK, Q+1, H) float64 stay in cache.
+BLOCK = 256
 
 
 @numba.njit(inline="always")
@@ -152,6 +162,103 @@ def window_backward(x, a, windows, g, gx, ga):
 
 
 
+@numba.njit(inline="always")
+def prefix_gain(c, cb, e, gain):
+    """gain = 1 + c_0 + sum_{q>=1} c_q e_q (every feature), the KB factor before a sample."""
+    for h in range(gain.shape[0]):
+        gain[h] = 1.0 + c[0, cb, h]
+    for q in range(1, e.shape[0]):
+        for h in range(gain.shape[0]):
+            gain[h] += c[q, cb, h] * e[q, h]
+
+
+@numba.njit(inline="always")
+def prefix_update(e, x, b, i, xv):
+    """e_q <- e_q + x_i e_{q-1}, q = Q..1: the elementary symmetric polynomials after sample i."""
+    for h in range(xv.shape[0]):
+        xv[h] = x[b, i, h]
+    for q in range(e.shape[0] - 1, 0, -1):
+        for h in range(xv.shape[0]):
+            e[q, h] += xv[h] * e[q - 1, h]
+
+
+@_compile
+def prefix_forward(x, c, w, totals):
+    """x (B, n, H); c (Q+1, 1 or B, H) float64; w (B, n, H) and totals (Q, B, H) float64 out."""
+    B, n, H = x.shape
+    Q = c.shape[0] - 1
+    for b in numba.prange(B):
+        cb = np.int64(b) % c.shape[1]  # c per batch row, or one row for all
+        e = np.zeros((Q + 1, H))
+        e[0, :] = 1.0
+        gain, xv = np.empty(H), np.empty(H)
+        for i in range(n):
+            prefix_gain(c, cb, e, gain)
+            for h in range(H):
+                w[b, i, h] = x[b, i, h] * gain[h]
+            prefix_update(e, x, b, i, xv)
+        for q in range(Q):
+            for h in range(H):
+                totals[q, b, h] = e[q + 1, h]
+
+
+@_compile
+def prefix_backward(x, c, g, t, gx, gc):
+    """g (B, n, H) the gradient of w; t (Q, B, H) float64 that of the totals; gx (B, n, H) and
+    gc (Q+1, B, H) float64 out (the gradient of c per batch row)."""
+    B, n, H = x.shape
+    Q = c.shape[0] - 1
+    blocks = (n + BLOCK - 1) // BLOCK
+    for b in numba.prange(B):
+        cb = np.int64(b) % c.shape[1]  # c per batch row, or one row for all
+        e = np.zeros((Q + 1, H))
+        e[0, :] = 1.0
+        xv, gv, gain, acc = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
+        checkpoints = np.empty((blocks, Q + 1, H))
+        for i in range(n):
+            if i % BLOCK == 0:
+                checkpoints[i // BLOCK] = e
+            prefix_update(e, x, b, i, xv)
+        lam = np.zeros((Q + 2, H))  # adjoint of e_q after the current sample; lam[Q+1] = 0
+        for q in range(Q):
+            for h in range(H):
+                lam[q + 1, h] = t[q, b, h]
+        gcb = np.zeros((Q + 1, H))
+        states = np.empty((BLOCK, Q + 1, H))  # e before each sample of the block
+        for blk in range(blocks - 1, -1, -1):
+            i0 = blk * BLOCK
+            i1 = min(n, i0 + BLOCK)
+            e[:] = checkpoints[blk]
+            for i in range(i0, i1):
+                states[i - i0] = e
+                prefix_update(e, x, b, i, xv)
+            for i in range(i1 - 1, i0 - 1, -1):
+                E = states[i - i0]
+                for h in range(H):
+                    xv[h] = x[b, i, h]
+                    gv[h] = g[b, i, h]
+                prefix_gain(c, cb, E, gain)
+                # dw_i/dx_i = gain; d e_q(after) / dx_i = e_{q-1}(before).
+                for h in range(H):
+                    acc[h] = gv[h] * gain[h]
+                for q in range(1, Q + 1):
+                    for h in range(H):
+                        acc[h] += lam[q, h] * E[q - 1, h]
+                for h in range(H):
+                    gx[b, i, h] = acc[h]
+                    gv[h] *= xv[h]  # g_i x_i
+                    gcb[0, h] += gv[h]
+                # The adjoint of e before sample i: lam_q + x_i lam_{q+1} + g_i x_i c_q
+                # (ascending q reads lam_{q+1} before it is updated).
+                for q in range(1, Q + 1):
+                    for h in range(H):
+                        gcb[q, h] += gv[h] * E[q, h]
+                        lam[q, h] += xv[h] * lam[q + 1, h] + gv[h] * c[q, cb, h]
+        for q in range(Q + 1):
+            for h in range(H):
+                gc[q, b, h] = gcb[q, h]
+
+
 def _threads() -> None:
     """Run numba's loops on as many threads as torch's (at most what numba was started with)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -183,3 +290,37 @@ class WindowPolynomialNumba(torch.autograd.Function):
         grad_coeff = torch.empty(coeff.shape, dtype=torch.float64)
         window_backward(x.detach().numpy(), coeff.numpy(), ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy())
         return grad_x, grad_coeff.sum(1).to(a.dtype), None
+
+
+class PrefixPolynomialNumba(torch.autograd.Function):
+    """w (B, n, H) = x (1 + sum_{q=0..Q} c_q e_q(x_0 .. x_{i-1})) for x (B, n, H) on the CPU and
+    c (Q+1, 1 or B, H), and the e_1 .. e_Q of the whole chunk (Q, B, H) float64; float64 inside,
+    x's dtype out; only x and c are saved for the backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        _threads()
+        x = x.contiguous()
+        c64 = c.detach().double().contiguous()
+        w = torch.empty_like(x)
+        totals = torch.empty(c.shape[0] - 1, x.shape[0], x.shape[2], dtype=torch.float64)
+        prefix_forward(x.detach().numpy(), c64.numpy(), w.numpy(), totals.numpy())
+        ctx.save_for_backward(x, c)
+        return w, totals
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
+        _threads()
+        x, c = ctx.saved_tensors
+        Q = c.shape[0] - 1
+        c64 = c.detach().double().contiguous()
+        t = torch.zeros(Q, x.shape[0], x.shape[2], dtype=torch.float64) if grad_totals is None else grad_totals
+        grad_x = torch.empty_like(x)
+        grad_c = torch.empty(Q + 1, x.shape[0], x.shape[2], dtype=torch.float64)
+        prefix_backward(
+            x.detach().numpy(), c64.numpy(), grad_w.contiguous().numpy(), t.double().contiguous().numpy(),
+            grad_x.numpy(), grad_c.numpy(),
+        )
+        if c.shape[1] == 1:
+            grad_c = grad_c.sum(1, keepdim=True)
+        return grad_x, grad_c.to(c.dtype)
