@@ -15,8 +15,9 @@ round-off as the prefix differences (an outlier's x^p leaves its rounding behind
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
-sweep keeps R_j as running sums and two sliding window states, at k = i (entering) and at
-k = i + W (leaving), so no (L,)-sized buffer is kept and the e's are recomputed, not saved.
+sweep slides the window state back and keeps R_j as running sums: each sample's terms enter R and
+wait in a ring buffer of the last W samples until they leave it, so only x is saved by the
+forward and the e's are recomputed.
 
 KB (`PrefixPolynomialNumba`): w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0..x_{i-1}),
 the function of `kernels.liquid.PrefixPolynomial`, by the defining recurrence itself,
@@ -99,52 +100,46 @@ def window_backward(x, a, windows, g, gx, ga):
     """g (B, n, H) the gradient of z; gx (B, n, H) and ga (P-1, B, H) float64 out."""
     B, n, H = x.shape
     orders = windows.shape[0]
+    # Ring buffers of g_k e_{p-j}(k), j = 1..p, over the last min(W, n) samples of every order,
+    # stacked in one array: order o starts at row start[o] and has rows (slot * p + j - 1).
+    start = np.zeros(orders + 1, dtype=np.int64)
+    for o in range(orders):
+        start[o + 1] = start[o] + min(windows[o], n) * (o + 2)
     for b in numba.prange(B):
         top = orders + 2
-        enter = np.zeros((orders, top, H))  # window power sums at k = i
-        leave = np.zeros((orders, top, H))  # and at k = i + W
+        ps = np.zeros((orders, top, H))  # window power sums at k = i
         R = np.zeros((orders, top, H))  # R[o, j] = sum_{k=i..i+W-1} g_k e_{p-j}(k)
+        ring = np.empty((start[orders], H))
         e = np.empty((top, H))
         acc, t, xv, gi, gk = np.empty(H), np.empty(H), np.empty(H), np.empty(H), np.empty(H)
         gsum = np.zeros((orders, H))  # sum_k g_k e_p(k), the gradient of a_p
-        for o in range(orders):
-            p, W = o + 2, windows[o]
-            # The window state at k = n - 1, summed directly; `leave` starts there too and
-            # is first read at i = n - 1 - W.
-            for k in range(max(0, n - W), n):
-                slide(enter, x, b, k, o, p, 1.0, t, xv)
-            for j in range(1, p + 1):
-                for h in range(H):
-                    leave[o, j, h] = enter[o, j, h]
+        for o in range(orders):  # the window state at k = n - 1, summed directly
+            for k in range(max(0, n - windows[o]), n):
+                slide(ps, x, b, k, o, o + 2, 1.0, t, xv)
         for i in range(n - 1, -1, -1):
             for h in range(H):
                 gi[h] = 0.0
+                gk[h] = g[b, i, h]
             for o in range(orders):
                 p, W = o + 2, windows[o]
-                if i < n - 1:  # slide `enter` from k = i + 1 to k = i
-                    slide(enter, x, b, i + 1, o, p, -1.0, t, xv)
+                if i < n - 1:  # slide the window from k = i + 1 to k = i
+                    slide(ps, x, b, i + 1, o, p, -1.0, t, xv)
                     if i + 1 >= W:
-                        slide(enter, x, b, i + 1 - W, o, p, 1.0, t, xv)
-                newton(enter, o, p, e, acc)
-                for h in range(H):
-                    gk[h] = g[b, i, h]
+                        slide(ps, x, b, i + 1 - W, o, p, 1.0, t, xv)
+                newton(ps, o, p, e, acc)
                 for h in range(H):
                     gsum[o, h] += gk[h] * e[p, h]
+                # R gains sample i and, once i + W < n, loses sample i + W, whose terms sit in
+                # the ring slot that sample i's terms take over.
+                row = start[o] + (i % min(W, n)) * p
+                leaving = i + W <= n - 1
                 for j in range(1, p + 1):
                     for h in range(H):
-                        R[o, j, h] += gk[h] * e[p - j, h]
-                m = i + W
-                if m <= n - 1:
-                    if m < n - 1:  # slide `leave` from k = m + 1 to k = m
-                        slide(leave, x, b, m + 1, o, p, -1.0, t, xv)
-                        if m + 1 >= W:
-                            slide(leave, x, b, m + 1 - W, o, p, 1.0, t, xv)
-                    newton(leave, o, p, e, acc)
-                    for h in range(H):
-                        gk[h] = g[b, m, h]
-                    for j in range(1, p + 1):
-                        for h in range(H):
-                            R[o, j, h] -= gk[h] * e[p - j, h]
+                        term = gk[h] * e[p - j, h]
+                        R[o, j, h] += term
+                        if leaving:
+                            R[o, j, h] -= ring[row + j - 1, h]
+                        ring[row + j - 1, h] = term
                 # Horner: a_p sum_j (-x_i)^{j-1} R_j.
                 for h in range(H):
                     xv[h] = x[b, i, h]
@@ -159,7 +154,6 @@ def window_backward(x, a, windows, g, gx, ga):
         for o in range(orders):
             for h in range(H):
                 ga[o, b, h] = gsum[o, h]
-
 
 
 @numba.njit(inline="always")
