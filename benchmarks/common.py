@@ -39,20 +39,21 @@ def timed(step: Step) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(steps: dict[str, Step], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median time of each step and median ratio to steps[FLOOR] taken in the same round,
-    after one warm-up round; rounds run every step once, round-robin."""
+def interleaved(steps: dict[str, Step], repeats: int) -> dict[str, list[float]]:
+    """The time of each step in every round, after one warm-up round; rounds run every step
+    once, round-robin, so that the steps of one round see the same state of the machine."""
     for step in steps.values():
         step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    ratios: dict[str, list[float]] = {name: [] for name in steps}
+    rounds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        t_floor = timed(steps[FLOOR])
         for name, step in steps.items():
-            t = t_floor if name == FLOOR else timed(step)
-            times[name].append(t)
-            ratios[name].append(t / t_floor)
-    return ({n: statistics.median(v) for n, v in times.items()}, {n: statistics.median(v) for n, v in ratios.items()})
+            rounds[name].append(timed(step))
+    return rounds
+
+
+def median_ratio(rounds: dict[str, list[float]], name: str, reference: str) -> float:
+    """The median over rounds of name's time over reference's time in the same round."""
+    return statistics.median(t / r for t, r in zip(rounds[name], rounds[reference]))
 
 
 def peak_rss_mb() -> float:

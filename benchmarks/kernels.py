@@ -14,11 +14,12 @@ in a fresh process per (kernel, shape).
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import FLOOR, Step, floor_step, interleaved, peak_memory_mb
+from common import FLOOR, Step, floor_step, interleaved, median_ratio, peak_memory_mb
 
 from lssl.kernels import reference
 from lssl.kernels.diag import DiagKernel
@@ -82,7 +83,9 @@ def main() -> None:
     for H, N, L in QUICK_SHAPES if args.quick else SHAPES:
         torch.manual_seed(0)
         steps = {name: make_step(name, H, N, L) for name in [FLOOR, *KERNELS]}
-        times, ratios = interleaved(steps, args.repeats)
+        rounds = interleaved(steps, args.repeats)
+        times = {name: statistics.median(t) for name, t in rounds.items()}
+        ratios = {name: median_ratio(rounds, name, FLOOR) for name in rounds}
         del steps
         for name in [FLOOR, *KERNELS]:
             med, ratio = times[name], ratios[name]
