@@ -134,12 +134,17 @@ def window_backward(x, a, windows, g, gx, ga):
                 row = start[o] + (i % min(W, n)) * p
                 leaving = i + W <= n - 1
                 for j in range(1, p + 1):
-                    for h in range(H):
-                        term = gk[h] * e[p - j, h]
-                        R[o, j, h] += term
-                        if leaving:
-                            R[o, j, h] -= ring[row + j - 1, h]
-                        ring[row + j - 1, h] = term
+                    slot = row + j - 1
+                    if leaving:
+                        for h in range(H):
+                            term = gk[h] * e[p - j, h]
+                            R[o, j, h] += term - ring[slot, h]
+                            ring[slot, h] = term
+                    else:
+                        for h in range(H):
+                            term = gk[h] * e[p - j, h]
+                            R[o, j, h] += term
+                            ring[slot, h] = term
                 # Horner: a_p sum_j (-x_i)^{j-1} R_j.
                 for h in range(H):
                     xv[h] = x[b, i, h]
