@@ -825,3 +825,12 @@ def test_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
     monkeypatch.delattr(lssl.ops, "liquid_numba", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'lssl\[numba\]'"):
         LiquidS4(H, d_state=4, backend="numba")
+
+
+@needs_numba
+def test_numba_backend_refuses_other_devices():
+    x = torch.zeros(2, 3, 5, device="meta")
+    with pytest.raises(ValueError, match="backend='numba' runs on CPU tensors, got the input on meta"):
+        liquid.window_polynomial(x, torch.zeros(1, 3, device="meta"), (2,), "numba")
+    with pytest.raises(ValueError, match="backend='numba' runs on CPU tensors"):
+        liquid.prefix_polynomial(x, torch.zeros(2, 1, 3, device="meta"), "numba")
