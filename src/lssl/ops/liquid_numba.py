@@ -54,6 +54,7 @@ def slide(ps, x, b, k, o, p, sign, t, xv):
             ps[o, j, h] += sign * t[h]
             t[h] *= xv[h]
 
+
 @numba.njit(inline="always")
 def newton(ps, o, p, e, acc):
     """e[0..p] (every feature) from the power sums ps[o, 1..p] by Newton's identities."""
@@ -71,6 +72,7 @@ def newton(ps, o, p, e, acc):
         inv = 1.0 / q
         for h in range(H):
             e[q, h] = acc[h] * inv
+
 
 @_compile
 def window_forward(x, a, windows, z):
@@ -94,6 +96,7 @@ def window_forward(x, a, windows, z):
                     zk[h] += a[o, b, h] * e[p, h]
             for h in range(H):
                 z[b, k, h] = zk[h]
+
 
 @_compile
 def window_backward(x, a, windows, g, gx, ga):
