@@ -834,3 +834,24 @@ def test_numba_backend_refuses_other_devices():
         liquid.window_polynomial(x, torch.zeros(1, 3, device="meta"), (2,), "numba")
     with pytest.raises(ValueError, match="backend='numba' runs on CPU tensors"):
         liquid.prefix_polynomial(x, torch.zeros(2, 1, 3, device="meta"), "numba")
+
+
+@needs_numba
+@pytest.mark.parametrize("term", TERMS)
+def test_numba_backend_takes_bfloat16(term):
+    """Half-precision inputs run the float32 loops and come back in their own dtype (values and
+    input gradients), close to the torch backend's result."""
+    u = torch.randn(2, H, 20).to(torch.bfloat16).requires_grad_()
+    s = torch.rand(H)
+    outputs = []
+    for backend in ("numba", "torch"):
+        if term == "pb":
+            z, _ = liquid.pb_signal(u, s, [4, 3], backend=backend)
+        else:
+            z, _ = liquid.kb_signal(u, s, 3, backend=backend)
+        (grad,) = torch.autograd.grad(z.float().square().sum(), u)
+        outputs.append((z, grad))
+    (z_fast, g_fast), (z_slow, g_slow) = outputs
+    assert z_fast.dtype == g_fast.dtype == torch.bfloat16
+    assert rel_err(z_fast.float(), z_slow.float()) < 1e-2
+    assert rel_err(g_fast.float(), g_slow.float()) < 2e-2
