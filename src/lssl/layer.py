@@ -99,11 +99,15 @@ class SSMLayer(nn.Module):
         """(B, L, C, H) or (B, C, H) SSM output + D u -> activation, dropout, mix."""
         return self.mix(self.dropout(self.activation(y.flatten(-2))))
 
-    def _skip(self, y: Tensor, x: Tensor) -> Tensor:
-        """The convolution's output y (B, C, H, L) plus D x, for x (B, L, H): (B, L, C, H),
-        contiguous, so that the activation's backward and the mix read one memory layout (a
-        permuted view there costs the GELU backward ten times its contiguous time)."""
-        return (self.D * x[:, :, None]).add_(y.permute(0, 3, 1, 2))
+    def _skip(self, y: Tensor, x: Tensor, pointwise: Tensor | None = None) -> Tensor:
+        """The convolution's output y (B, C, H, L) plus D x, for x (B, L, H), plus an optional
+        pointwise term (B, L, C, H): (B, L, C, H), contiguous, so that the activation's backward
+        and the mix read one memory layout (a permuted view there costs the GELU backward ten
+        times its contiguous time)."""
+        skip = self.D * x[:, :, None]
+        if pointwise is not None:
+            skip = skip.add_(pointwise)
+        return skip.add_(y.permute(0, 3, 1, 2))
 
     def forward(
         self,
@@ -136,13 +140,14 @@ class SSMLayer(nn.Module):
             raise ValueError("a bidirectional layer has no state: it sees the future of every step")
         if dt_scale is not None:
             return self._irregular(x, state, return_state, rate, dt_scale)
-        y, final = self._convolve(x, state, return_state, rate)
-        out = self._output(self._skip(y, x))  # (B, L, H)
+        y, pointwise, final = self._convolve(x, state, return_state, rate)
+        out = self._output(self._skip(y, x, pointwise))  # (B, L, H)
         return (out, final) if return_state else out
 
-    def _convolve(self, x: Tensor, state: Any, return_state: bool, rate: float) -> tuple[Tensor, Any]:
-        """The SSM part of `forward`: its output (B, C, H, L) before the D skip, and the final
-        state if return_state (else None)."""
+    def _convolve(self, x: Tensor, state: Any, return_state: bool, rate: float) -> tuple[Tensor, Tensor | None, Any]:
+        """The SSM part of `forward`: its convolution output (B, C, H, L) before the D skip, a
+        pointwise term (B, L, C, H) for `_skip` (None here), and the final state if return_state
+        (else None)."""
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         K = self.kernel(L, rate)  # (C or 2C, H, L)
@@ -155,7 +160,7 @@ class SSMLayer(nn.Module):
             y = fftconv(u, K)  # (B, C, H, L)
         if state is not None:
             y = y + self.kernel.state_response(state, L, rate)
-        return y, self.kernel.final_state(x, state, rate) if return_state else None
+        return y, None, self.kernel.final_state(x, state, rate) if return_state else None
 
     def _irregular(
         self, x: Tensor, state: Tensor | None, return_state: bool, rate: float, dt_scale: Tensor
@@ -506,22 +511,22 @@ class LiquidS4(SSMLayer):
 
     def _convolve(
         self, x: Tensor, state: LiquidState | None, return_state: bool, rate: float
-    ) -> tuple[Tensor, LiquidState | None]:
+    ) -> tuple[Tensor, Tensor | None, LiquidState | None]:
         """`SSMLayer._convolve` with the liquid terms (plain S4 at degree 1)."""
         ssm = None if state is None else state.ssm
         if self.degree == 1:
-            y, final = super()._convolve(x, ssm, return_state, rate)
-            return y, None if final is None else self._plain_state(final)
+            y, pointwise, final = super()._convolve(x, ssm, return_state, rate)
+            return y, pointwise, None if final is None else self._plain_state(final)
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         K = self.kernel(L, rate)  # (C or 2C, H, L)
         s = self.kernel.input_sum(rate)  # (H,)
-        y, w, memory = self.liquid(u, K, s, None if state is None else state.memory, self.bidirectional)
+        y, pointwise, w, memory = self.liquid(u, K, s, None if state is None else state.memory, self.bidirectional)
         if state is not None:
             y = y + self.kernel.state_response(ssm, L, rate)
         if not return_state:
-            return y, None
-        return y, LiquidState(self.kernel.final_state(w.transpose(1, 2), ssm, rate), memory)
+            return y, pointwise, None
+        return y, pointwise, LiquidState(self.kernel.final_state(w.transpose(1, 2), ssm, rate), memory)
 
     def _irregular(
         self, x: Tensor, state: LiquidState | None, return_state: bool, rate: float, dt_scale: Tensor

@@ -610,9 +610,10 @@ def bidirectional_conv(w: Tensor, w_reversed: Tensor, K: Tensor) -> Tensor:
 class LiquidTerm(nn.Module):
     """A liquid term of order up to `degree` on top of an SSM kernel.
 
-    `forward(u, K, s, memory, bidirectional)` returns the SSM output without the D term
-    (B, C, H, L), the SSM input w (B, H, L) whose final state the layer carries, and the new
-    memory. `signals(u, s, memory)` returns (w, z, memory) for one causal direction, with the
+    `forward(u, K, s, memory, bidirectional)` returns the convolution's output (B, C, H, L), the
+    pointwise term K_0 z in the layer's (B, L, C, H) layout (None without one), which the layer
+    adds with its D term, the SSM input w (B, H, L) whose final state the layer carries, and the
+    new memory. `signals(u, s, memory)` returns (w, z, memory) for one causal direction, with the
     layer output K * w + K_0 z (z None: no pointwise term); the recurrent view steps it with L = 1.
     """
 
@@ -643,20 +644,22 @@ class LiquidTerm(nn.Module):
 
     def forward(
         self, u: Tensor, K: Tensor, s: Tensor, memory: Tensor | None, bidirectional: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        # The pointwise term is built in (B, L, C, H), from z (B, H, L) as the (B, L, H) view that
+        # the numba backend computes contiguously: added there, neither it nor its gradient is
+        # transposed.
         if bidirectional:
             w, z, _ = self.signals(u, s, None)
             w_rev, z_rev, _ = self.signals(u.flip(-1), s, None)
             y = bidirectional_conv(w, w_rev, K)
+            pointwise = None
             if z is not None:
-                forward, backward = K[..., :1].chunk(2, dim=0)  # K_0 of each direction, (C, H, 1)
-                y = y + forward * z[:, None] + backward * z_rev.flip(-1)[:, None]
-            return y, w, None
+                forward, backward = K[..., 0].chunk(2, dim=0)  # K_0 of each direction, (C, H)
+                pointwise = forward * z.transpose(1, 2)[:, :, None] + backward * z_rev.flip(-1).transpose(1, 2)[:, :, None]
+            return y, pointwise, w, None
         w, z, memory = self.signals(u, s, memory)
-        y = fftconv(w, K)
-        if z is not None:
-            y = torch.addcmul(y, K[..., :1], z[:, None])
-        return y, w, memory
+        pointwise = None if z is None else K[..., 0] * z.transpose(1, 2)[:, :, None]  # (B, L, C, H)
+        return fftconv(w, K), pointwise, w, memory
 
 
 class KernelB(LiquidTerm):
@@ -769,12 +772,12 @@ class OfficialPolyB(Official):
 
     def forward(
         self, u: Tensor, K: Tensor, s: Tensor, memory: Tensor | None, bidirectional: bool
-    ) -> tuple[Tensor, Tensor, None]:
+    ) -> tuple[Tensor, None, Tensor, None]:
         y = bidirectional_conv(u, u.flip(-1), K) if bidirectional else fftconv(u, K)
         B_bar, s_official = self.official_input()
         C = torch.view_as_complex(self.C)
         C = torch.cat([C, C.conj()], -1)
-        return y + official_pb_term(u, C, B_bar, s_official, self.degree, bidirectional).to(y.dtype), u, None
+        return y + official_pb_term(u, C, B_bar, s_official, self.degree, bidirectional).to(y.dtype), None, u, None
 
 
 class OfficialKernelB(Official):
@@ -792,7 +795,7 @@ class OfficialKernelB(Official):
         else:
             y = fftconv(u, K)
         _, s_official = self.official_input()
-        return y + official_kb_term(u, K, s_official, self.degree), u, None
+        return y + official_kb_term(u, K, s_official, self.degree), None, u, None
 
 
 TERMS: dict[str, type[LiquidTerm]] = {"pb": PolyB, "kb": KernelB}
