@@ -106,7 +106,7 @@ class SSMLayer(nn.Module):
         times its contiguous time)."""
         skip = self.D * x[:, :, None]
         if pointwise is not None:
-            skip = skip.add_(pointwise)
+            skip.add_(pointwise)
         return skip.add_(y.permute(0, 3, 1, 2))
 
     def forward(

@@ -615,14 +615,19 @@ class LiquidTerm(nn.Module):
     adds with its D term, the SSM input w (B, H, L) whose final state the layer carries, and the
     new memory. `signals(u, s, memory)` returns (w, z, memory) for one causal direction, with the
     layer output K * w + K_0 z (z None: no pointwise term); the recurrent view steps it with L = 1.
+
+    Args:
+        degree: P. backend: 'torch' or 'numba', how the signals are computed (`window_polynomial`,
+            `prefix_polynomial`).
     """
 
     causal = True
 
-    def __init__(self, degree: int):
+    def __init__(self, degree: int, backend: str = "torch"):
         super().__init__()
         check_degree(degree)
-        self._degree = degree
+        check_backend(backend)
+        self._degree, self.backend = degree, backend
 
     def set_length(self, length: int) -> None:
         """Record the sequence length the layer is set up for (used by PB's default windows)."""
@@ -655,7 +660,8 @@ class LiquidTerm(nn.Module):
             pointwise = None
             if z is not None:
                 forward, backward = K[..., 0].chunk(2, dim=0)  # K_0 of each direction, (C, H)
-                pointwise = forward * z.transpose(1, 2)[:, :, None] + backward * z_rev.flip(-1).transpose(1, 2)[:, :, None]
+                z_back = z_rev.flip(-1).transpose(1, 2)[:, :, None]
+                pointwise = forward * z.transpose(1, 2)[:, :, None] + backward * z_back
             return y, pointwise, w, None
         w, z, memory = self.signals(u, s, memory)
         pointwise = None if z is None else K[..., 0] * z.transpose(1, 2)[:, :, None]  # (B, L, C, H)
@@ -664,16 +670,7 @@ class LiquidTerm(nn.Module):
 
 class KernelB(LiquidTerm):
     """KB: y = K * w + D u with w_i = u_i (1 + sum_p s^{p-1} e_{p-1}(u_<i)) (module docstring);
-    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1).
-
-    Args:
-        degree: P. backend: 'torch' or 'numba' (`prefix_polynomial`).
-    """
-
-    def __init__(self, degree: int, backend: str = "torch"):
-        super().__init__(degree)
-        check_backend(backend)
-        self.backend = backend
+    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1). Args as in `LiquidTerm`."""
 
     def memory_size(self) -> int:
         return self.degree - 1
@@ -695,11 +692,10 @@ class PolyB(LiquidTerm):
     """
 
     def __init__(self, degree: int, window: int | None = None, backend: str = "torch"):
-        super().__init__(degree)
+        super().__init__(degree, backend)
         if window is not None:
             check_length("window", window)
-        check_backend(backend)
-        self.window, self.backend = window, backend
+        self.window = window
         self._check_window(degree)
         # The length l of the default window rule; 0 until set.
         self.register_buffer("length", torch.tensor(0))

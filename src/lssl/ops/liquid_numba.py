@@ -263,7 +263,8 @@ def prefix_backward(x, c, g, t, gx, gc):
 
 def _loop_input(x: Tensor) -> Tensor:
     """x detached and contiguous, in float32 or float64 (the dtypes the loops are compiled for;
-    half precision is widened to float32, and results are cast back to x's dtype)."""
+    half precision is widened to float32, and results are cast back to x's dtype). The Functions
+    save this tensor, so the backward reads the same memory without converting again."""
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     return x.detach().to(dtype).contiguous()
 
@@ -276,7 +277,7 @@ def _threads() -> None:
 class WindowPolynomialNumba(torch.autograd.Function):
     """z (B, n, H) = sum_p a_p e_p(causal window W_p of x) for x (B, n, H) on the CPU, a (P-1, H),
     windows (W_2, ..., W_P); float64 inside, x's dtype out (half precision runs the float32
-    loops); only x is saved for the backward."""
+    loops); only x (as the loops read it) is saved for the backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
@@ -286,28 +287,27 @@ class WindowPolynomialNumba(torch.autograd.Function):
         w = np.asarray(windows, dtype=np.int64)
         z = torch.empty_like(xw)
         window_forward(xw.numpy(), coeff.numpy(), w, z.numpy())
-        ctx.windows = w
-        ctx.save_for_backward(x, a)
+        ctx.windows, ctx.dtype = w, x.dtype
+        ctx.save_for_backward(xw, a)
         return z.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
         _threads()
-        x, a = ctx.saved_tensors
-        xw = _loop_input(x)
-        coeff = a.detach().double()[:, None].expand(-1, x.shape[0], -1).contiguous()
+        xw, a = ctx.saved_tensors
+        coeff = a.detach().double()[:, None].expand(-1, xw.shape[0], -1).contiguous()
         g = grad_z.to(xw.dtype).contiguous()
         grad_x = torch.empty_like(xw)
         grad_coeff = torch.empty(coeff.shape, dtype=torch.float64)
         window_backward(xw.numpy(), coeff.numpy(), ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy())
-        return grad_x.to(x.dtype), grad_coeff.sum(1).to(a.dtype), None
+        return grad_x.to(ctx.dtype), grad_coeff.sum(1).to(a.dtype), None
 
 
 class PrefixPolynomialNumba(torch.autograd.Function):
     """w (B, n, H) = x (1 + sum_{q=0..Q} c_q e_q(x_0 .. x_{i-1})) for x (B, n, H) on the CPU and
     c (Q+1, 1 or B, H), and the e_1 .. e_Q of the whole chunk (Q, B, H) float64; float64 inside,
-    x's dtype out (half precision runs the float32 loops); only x and c are saved for the
-    backward."""
+    x's dtype out (half precision runs the float32 loops); only x (as the loops read it) and c
+    are saved for the backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -317,23 +317,23 @@ class PrefixPolynomialNumba(torch.autograd.Function):
         w = torch.empty_like(xw)
         totals = torch.empty(c.shape[0] - 1, x.shape[0], x.shape[2], dtype=torch.float64)
         prefix_forward(xw.numpy(), c64.numpy(), w.numpy(), totals.numpy())
-        ctx.save_for_backward(x, c)
+        ctx.dtype = x.dtype
+        ctx.save_for_backward(xw, c)
         return w.to(x.dtype), totals
 
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
         _threads()
-        x, c = ctx.saved_tensors
+        xw, c = ctx.saved_tensors
         Q = c.shape[0] - 1
         c64 = c.detach().double().contiguous()
-        t = torch.zeros(Q, x.shape[0], x.shape[2], dtype=torch.float64) if grad_totals is None else grad_totals
-        xw = _loop_input(x)
+        t = torch.zeros(Q, xw.shape[0], xw.shape[2], dtype=torch.float64) if grad_totals is None else grad_totals
         grad_x = torch.empty_like(xw)
-        grad_c = torch.empty(Q + 1, x.shape[0], x.shape[2], dtype=torch.float64)
+        grad_c = torch.empty(Q + 1, xw.shape[0], xw.shape[2], dtype=torch.float64)
         prefix_backward(
             xw.numpy(), c64.numpy(), grad_w.to(xw.dtype).contiguous().numpy(), t.double().contiguous().numpy(),
             grad_x.numpy(), grad_c.numpy(),
         )
         if c.shape[1] == 1:
             grad_c = grad_c.sum(1, keepdim=True)
-        return grad_x.to(x.dtype), grad_c.to(c.dtype)
+        return grad_x.to(ctx.dtype), grad_c.to(c.dtype)
