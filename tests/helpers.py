@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
+import pytest
 import torch
 
 from lssl.data import DataSpec
+
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+# Every backend, for parametrize: 'numba' skips where numba is not installed.
+BACKENDS = ["torch", pytest.param("numba", marks=needs_numba)]
+# The modules of lssl.ops that import numba.
+NUMBA_MODULES = ("_numba", "liquid_numba", "cauchy_numba")
+
+
+def hide_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make numba, and lssl's modules that import it, unimportable for the rest of a test."""
+    import lssl.ops
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    for name in NUMBA_MODULES:
+        monkeypatch.delitem(sys.modules, f"lssl.ops.{name}", raising=False)
+        monkeypatch.delattr(lssl.ops, name, raising=False)
 
 # Max-abs error relative to max|expected| (spec section E convention).
 RTOL = {torch.float64: 1e-10, torch.complex128: 1e-10, torch.float32: 2e-4, torch.complex64: 2e-4}

@@ -7,9 +7,15 @@ import torch
 from lssl import hippo
 from lssl.kernels import reference
 from lssl.kernels.base import full
-from lssl.kernels.dplr import DPLRKernel, bilinear_dense, generating_function, roots_of_unity, small_inverse
+from lssl.kernels.dplr import (
+    DPLRKernel,
+    bilinear_dense,
+    generating_function,
+    roots_of_unity,
+    small_inverse,
+)
 
-from .helpers import assert_close, grads
+from .helpers import assert_close, grads, needs_numba
 
 F64 = torch.float64
 SSM_PARAMS = ("log_dt", "log_neg_re", "lam_im", "P", "B")
@@ -129,6 +135,37 @@ def test_float32_matches_float64():
     assert_close(K32.double(), K64.detach(), dtype=torch.float32)
 
 
+@needs_numba
+@pytest.mark.parametrize("measure", list(hippo.MEASURES))
+def test_numba_backend_equals_torch_backend(f64, measure):
+    """The compiled Cauchy sums give the torch backend's kernel and gradients, at every measure
+    (rank 1 and 2), at rate 1 and 2, with fixed and learned SSM parameters."""
+    fast = _kernel(measure=measure, backend="numba")
+    slow = _kernel(measure=measure)
+    slow.load_state_dict(fast.state_dict())
+    for L, rate in ((40, 1.0), (70, 2.0)):
+        K_fast, K_slow = fast(L, rate), slow(L, rate)
+        assert_close(K_fast, K_slow)
+        G = torch.randn_like(K_fast)
+        g_fast = grads((K_fast * G).sum(), dict(fast.named_parameters()))
+        g_slow = grads((K_slow * G).sum(), dict(slow.named_parameters()))
+        for name in g_slow:
+            assert_close(g_fast[name], g_slow[name])
+    fixed = _kernel(measure=measure, backend="numba", learn=False)
+    fixed.load_state_dict(fast.state_dict(), strict=False)
+    G = G[..., :40]
+    got = torch.autograd.grad((fixed(40) * G).sum(), fixed.C)[0]
+    assert_close(got, torch.autograd.grad((slow(40) * G).sum(), slow.C)[0])
+
+
+@needs_numba
+def test_numba_backend_float32_matches_float64():
+    """Spec E12 in float32 at N = 64, L = 1024 with the compiled Cauchy sums."""
+    k64 = DPLRKernel(d_model=4, d_state=64, channels=2, backend="numba").double()
+    k32 = copy.deepcopy(k64).float()
+    assert_close(k32(1024).double(), k64(1024).detach(), dtype=torch.float32)
+
+
 @pytest.mark.parametrize("measure", ["legs", "legt"])
 def test_dense_woodbury_discretisation_equals_single_matrix_solve(f64, measure):
     """Catches a wrong batched solve (pytorch#142815) at N = 256 (full space)."""
@@ -210,6 +247,7 @@ def test_fixed_ssm_parameters_are_buffers():
         (dict(measure="nope"), "measure"),
         (dict(l_max=0), "l_max"),
         (dict(channels=0), "channels"),
+        (dict(backend="keops"), "unknown backend 'keops'; known: 'torch', 'numba'"),
     ],
 )
 def test_bad_construction(kwargs, match):

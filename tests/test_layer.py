@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from lssl import hippo
-from lssl.layer import LAYERS, LSSL, S4, S4D, SSMLayer
 from lssl.kernels.krylov import KrylovKernel
+from lssl.layer import LAYERS, LSSL, S4, S4D, SSMLayer
 
-from .helpers import assert_close
+from .helpers import assert_close, hide_numba, needs_numba
 
 F64 = torch.float64
 
@@ -190,3 +190,35 @@ def test_transition_hints_reach_the_parameters():
     assert hinted["kernel.log_dt"] == {"lr": 1e-3, "weight_decay": 0.0}
     assert any(v == {"lr": 1e-4, "weight_decay": 0.0} for k, v in hinted.items() if k != "kernel.log_dt")
     assert "D" not in hinted and "kernel.C" not in hinted
+
+
+@needs_numba
+@pytest.mark.parametrize("kwargs", [dict(), dict(measure="legt", channels=2, mix="linear"), dict(bidirectional=True)])
+def test_s4_numba_backend_equals_torch_backend(f64, kwargs):
+    """backend='numba' (compiled Cauchy sums) is the same layer: outputs at rate 1 and 2, the
+    gradients of the input and of every parameter, and chunks with state passing."""
+    fast, slow = (S4(H, d_state=8, dt_min=1e-2, dt_max=1e-1, backend=b, **kwargs) for b in ("numba", "torch"))
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 48, H, requires_grad=True)
+    for rate in (1.0, 2.0):
+        y_fast, y_slow = fast(x, rate=rate), slow(x, rate=rate)
+        assert_close(y_fast, y_slow)
+        g = torch.randn_like(y_fast)
+        want = torch.autograd.grad((y_slow * g).sum(), [x, *slow.parameters()])
+        for got, expected in zip(torch.autograd.grad((y_fast * g).sum(), [x, *fast.parameters()]), want):
+            assert_close(got, expected)
+    if not kwargs.get("bidirectional"):
+        with torch.no_grad():
+            y1, s = fast(x[:, :20], return_state=True)
+            assert_close(torch.cat([y1, fast(x[:, 20:], state=s)], 1), slow(x))
+
+
+def test_s4_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
+    hide_numba(monkeypatch)
+    with pytest.raises(ImportError, match=r"pip install 'lssl\[numba\]'"):
+        S4(H, d_state=4, backend="numba")
+
+
+def test_s4_bad_backend():
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; known: 'torch', 'numba'"):
+        S4(H, d_state=4, backend="cuda")

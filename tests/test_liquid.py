@@ -1,7 +1,5 @@
-import importlib.util
 import itertools
 import math
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from lssl import LiquidS4, LiquidState
 from lssl.kernels import liquid, reference
 from lssl.layer import S4, S4D
 
-from .helpers import assert_close, grads, rel_err
+from .helpers import BACKENDS, assert_close, grads, hide_numba, needs_numba, rel_err
 
 H = 3
 KERNELS = ["dplr", "diag"]
@@ -22,9 +20,6 @@ SSM_PARAMS = {
     "diag": ["log_neg_re", "lam_im", "B", "C", "log_dt"],
 }
 
-
-needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
-BACKENDS = ["torch", pytest.param("numba", marks=needs_numba)]
 
 
 def _layer(liquid_name="pb", kernel="dplr", degree=2, **kw):
@@ -820,9 +815,7 @@ def test_numba_backend_layer_equals_torch_backend(f64, term):
 
 
 def test_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
-    monkeypatch.delitem(sys.modules, "lssl.ops.liquid_numba", raising=False)
-    monkeypatch.delattr(lssl.ops, "liquid_numba", raising=False)
+    hide_numba(monkeypatch)
     with pytest.raises(ImportError, match=r"pip install 'lssl\[numba\]'"):
         LiquidS4(H, d_state=4, backend="numba")
 

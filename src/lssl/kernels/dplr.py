@@ -55,6 +55,7 @@ from torch import nn
 
 from .. import discretize, hippo
 from .._checks import check_choice, check_divides, check_even, check_length, check_positive
+from ..ops.backend import check_backend
 from ..ops.cauchy import cauchy_conj
 from ..ops.linalg import solve
 from .base import (
@@ -99,13 +100,16 @@ def roots_of_unity(L: int, dtype: torch.dtype, device: torch.device | None = Non
     return a.to(dtype=dtype, device=device), c.to(dtype=dtype, device=device)
 
 
-def generating_function(lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, a: Tensor, c: Tensor) -> Tensor:
+def generating_function(
+    lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, a: Tensor, c: Tensor, backend: str = "torch"
+) -> Tensor:
     """K_hat(z) = C^T (I - A_bar z)^{-1} B_bar of the bilinear DPLR system (module docstring)
     at the nodes a = 1 - z, c = (1 + z) / 2; z = -1 (a = 2, c = 0) is a node like any other.
 
     Args:
         lam: (H, N/2) complex, Lambda. P: (r, H, N/2) complex. B: (H, N/2) complex.
         C: (C, H, N/2) complex (C~ for the truncated kernel). dt: (H,) step. a, c: (K,) complex.
+        backend: of the Cauchy sums, 'torch' or 'numba' (`ops.cauchy.cauchy_conj`).
     Returns:
         K_hat (C, H, K) complex.
     """
@@ -119,7 +123,7 @@ def generating_function(lam: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
         (Q[:, None] * P_dt).flatten(0, 1),  # (r r, H, N/2)
     ])
     # One split (not four slices) so that the backward is one concatenation.
-    k_cb, k_cp, k_qb, k_qp = cauchy_conj(v, dt * lam, a, c).split([n_c, n_c * r, r, r * r])
+    k_cb, k_cp, k_qb, k_qp = cauchy_conj(v, dt * lam, a, c, backend=backend).split([n_c, n_c * r, r, r * r])
     k_cp, k_qp = k_cp.unflatten(0, (n_c, r)), k_qp.unflatten(0, (r, r))  # (C, r, H, K), (r, r, H, K)
     M_inv = small_inverse(torch.eye(r, dtype=k_qp.dtype, device=k_qp.device)[..., None, None] + c * k_qp)
     low_rank = (k_cp * (M_inv * k_qb).sum(1)).sum(1)  # (C, H, K)
@@ -203,6 +207,8 @@ class DPLRKernel(SSMKernel):
         dt_min, dt_max, dt_init, learn_dt, lr_dt: see `SSMKernel`.
         learn: train Lambda, P and B (else buffers). lr: learning-rate hint for them.
         l_max: length of the first C~ (None: the first call's length).
+        backend: of the kernel's Cauchy sums: 'torch' (every device) or 'numba' (CPU tensors,
+            fused compiled loops, same values; `ops.cauchy.cauchy_conj`).
     Shapes: log_neg_re, lam_im (n_ssm, N/2); P (r, n_ssm, N/2) complex; B (n_ssm, N/2)
     complex; C (C, H, N/2) complex, holding C~ for length `l_kernel` once `l_kernel` > 0;
     log_dt (H,). Complex tensors are stored as real views (..., 2).
@@ -223,8 +229,10 @@ class DPLRKernel(SSMKernel):
         learn: bool = True,
         lr: float | None = 1e-3,
         l_max: int | None = None,
+        backend: str = "torch",
     ):
         super().__init__(d_model, channels, dt_min, dt_max, dt_init, learn_dt, lr_dt)
+        check_backend(backend)
         check_length("d_state", d_state)
         check_even("d_state", d_state, hippo.CONJUGATE_PAIRS)
         check_choice("measure", measure, hippo.MEASURES)
@@ -232,7 +240,7 @@ class DPLRKernel(SSMKernel):
         check_divides("n_ssm", n_ssm, "d_model", d_model)
         if l_max is not None:
             check_length("l_max", l_max)
-        self.d_state, self.measure, self.n_ssm, self.l_max = d_state, measure, n_ssm, l_max
+        self.d_state, self.measure, self.n_ssm, self.l_max, self.backend = d_state, measure, n_ssm, l_max, backend
 
         f = hippo.nplr(measure, d_state)
         dtype = torch.get_default_dtype()
@@ -295,7 +303,7 @@ class DPLRKernel(SSMKernel):
         lam, P, B = self._ssm()
         C = self.complex("C")
         a, c = roots_of_unity(L_d, C.dtype, C.device)
-        K_hat = generating_function(lam, P, B, C, self.dt * rate, a, c)  # (C, H, L_d//2 + 1)
+        K_hat = generating_function(lam, P, B, C, self.dt * rate, a, c, self.backend)  # (C, H, L_d//2 + 1)
         return torch.fft.irfft(K_hat, n=L_d)[..., :L]
 
     def _plain_C(self, A_bar: Tensor, rate: float) -> Tensor:

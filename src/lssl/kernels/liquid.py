@@ -58,7 +58,8 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_length
+from .._checks import check_length
+from ..ops.backend import check_backend, check_cpu, numba_module
 from ..ops.fftconv import fftconv
 
 Tensor = torch.Tensor
@@ -422,31 +423,6 @@ def last_window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Te
     return z.to(x.dtype)
 
 
-BACKENDS = ("torch", "numba")
-
-
-def check_backend(backend: str) -> None:
-    """Raise unless `backend` is one of `BACKENDS` (for 'numba': importable)."""
-    check_choice("backend", backend, BACKENDS)
-    if backend == "numba":
-        numba_ops()
-
-
-def numba_ops():
-    """The module `ops.liquid_numba`, imported on first use (numba is optional)."""
-    try:
-        from ..ops import liquid_numba
-    except ImportError as err:
-        raise ImportError("backend='numba' needs the numba package: pip install 'lssl[numba]'") from err
-    return liquid_numba
-
-
-def check_cpu(x: Tensor) -> None:
-    """Raise unless x is on the CPU (the numba backend's loops read its memory directly)."""
-    if x.device.type != "cpu":
-        raise ValueError(f"backend='numba' runs on CPU tensors, got the input on {x.device}; use backend='torch'")
-
-
 def window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...], backend: str) -> Tensor:
     """`WindowPolynomial` (backend 'torch') or its compiled twin (backend 'numba', CPU tensors):
     x (B, H, n), a (P-1, H) -> z (B, H, n). The numba loops run in the (B, n, H) layout, of
@@ -454,7 +430,7 @@ def window_polynomial(x: Tensor, a: Tensor, windows: tuple[int, ...], backend: s
     if backend == "torch":
         return WindowPolynomial.apply(x, a, windows)
     check_cpu(x)
-    return numba_ops().WindowPolynomialNumba.apply(x.transpose(1, 2), a, windows).transpose(1, 2)
+    return numba_module("liquid_numba").WindowPolynomialNumba.apply(x.transpose(1, 2), a, windows).transpose(1, 2)
 
 
 def prefix_polynomial(x: Tensor, c: Tensor, backend: str) -> tuple[Tensor, Tensor]:
@@ -464,7 +440,7 @@ def prefix_polynomial(x: Tensor, c: Tensor, backend: str) -> tuple[Tensor, Tenso
     if backend == "torch":
         return PrefixPolynomial.apply(x, c)
     check_cpu(x)
-    w, totals = numba_ops().PrefixPolynomialNumba.apply(x.transpose(1, 2), c)
+    w, totals = numba_module("liquid_numba").PrefixPolynomialNumba.apply(x.transpose(1, 2), c)
     return w.transpose(1, 2), totals
 
 

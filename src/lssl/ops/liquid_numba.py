@@ -35,9 +35,9 @@ import numba
 import numpy as np
 import torch
 
-Tensor = torch.Tensor
+from ._numba import compile_loops, loop_input, match_threads
 
-_compile = numba.njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
+Tensor = torch.Tensor
 
 # Samples per block of the KB backward: its states (BLOCK, Q+1, H) float64 stay in cache.
 BLOCK = 256
@@ -74,7 +74,7 @@ def newton(ps, o, p, e, acc):
             e[q, h] = acc[h] * inv
 
 
-@_compile
+@compile_loops
 def window_forward(x, a, windows, z):
     """x (B, n, H); a (P-1, B, H) float64; windows (P-1,) int64; z (B, n, H) out."""
     B, n, H = x.shape
@@ -98,7 +98,7 @@ def window_forward(x, a, windows, z):
                 z[b, k, h] = zk[h]
 
 
-@_compile
+@compile_loops
 def window_backward(x, a, windows, g, gx, ga):
     """g (B, n, H) the gradient of z; gx (B, n, H) and ga (P-1, B, H) float64 out."""
     B, n, H = x.shape
@@ -184,7 +184,7 @@ def prefix_update(e, x, b, i, xv):
             e[q, h] += xv[h] * e[q - 1, h]
 
 
-@_compile
+@compile_loops
 def prefix_forward(x, c, w, totals):
     """x (B, n, H); c (Q+1, 1 or B, H) float64; w (B, n, H) and totals (Q, B, H) float64 out."""
     B, n, H = x.shape
@@ -204,7 +204,7 @@ def prefix_forward(x, c, w, totals):
                 totals[q, b, h] = e[q + 1, h]
 
 
-@_compile
+@compile_loops
 def prefix_backward(x, c, g, t, gx, gc):
     """g (B, n, H) the gradient of w; t (Q, B, H) float64 that of the totals; gx (B, n, H) and
     gc (Q+1, B, H) float64 out (the gradient of c per batch row)."""
@@ -261,19 +261,6 @@ def prefix_backward(x, c, g, t, gx, gc):
                 gc[q, b, h] = gcb[q, h]
 
 
-def _loop_input(x: Tensor) -> Tensor:
-    """x detached and contiguous, in float32 or float64 (the dtypes the loops are compiled for;
-    half precision is widened to float32, and results are cast back to x's dtype). The Functions
-    save this tensor, so the backward reads the same memory without converting again."""
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    return x.detach().to(dtype).contiguous()
-
-
-def _threads() -> None:
-    """Run numba's loops on as many threads as torch's (at most what numba was started with)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 class WindowPolynomialNumba(torch.autograd.Function):
     """z (B, n, H) = sum_p a_p e_p(causal window W_p of x) for x (B, n, H) on the CPU, a (P-1, H),
     windows (W_2, ..., W_P); float64 inside, x's dtype out (half precision runs the float32
@@ -281,8 +268,8 @@ class WindowPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
-        _threads()
-        xw = _loop_input(x)
+        match_threads()
+        xw = loop_input(x)
         coeff = a.detach().double()[:, None].expand(-1, x.shape[0], -1).contiguous()  # (P-1, B, H)
         w = np.asarray(windows, dtype=np.int64)
         z = torch.empty_like(xw)
@@ -293,7 +280,7 @@ class WindowPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
-        _threads()
+        match_threads()
         xw, a = ctx.saved_tensors
         coeff = a.detach().double()[:, None].expand(-1, xw.shape[0], -1).contiguous()
         g = grad_z.to(xw.dtype).contiguous()
@@ -311,8 +298,8 @@ class PrefixPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        _threads()
-        xw = _loop_input(x)
+        match_threads()
+        xw = loop_input(x)
         c64 = c.detach().double().contiguous()
         w = torch.empty_like(xw)
         totals = torch.empty(c.shape[0] - 1, x.shape[0], x.shape[2], dtype=torch.float64)
@@ -323,7 +310,7 @@ class PrefixPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
-        _threads()
+        match_threads()
         xw, c = ctx.saved_tensors
         Q = c.shape[0] - 1
         c64 = c.detach().double().contiguous()
