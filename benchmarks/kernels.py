@@ -14,6 +14,7 @@ in a fresh process per (kernel, shape).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -32,10 +33,14 @@ KERNELS: dict[str, Callable[[int, int], torch.nn.Module]] = {
     "LSSL (legs, learned A, dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N, learn_a=True, share_a=False),
     "LSSL (legs, fixed A, learned dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N),
 }
+# The S4 kernel with its Cauchy sums as compiled loops, where numba is installed.
+if importlib.util.find_spec("numba") is not None:
+    KERNELS["S4 (DPLR, legs, numba)"] = lambda H, N: DPLRKernel(d_model=H, d_state=N, backend="numba")
 # (kernel, (H, N, L)) -> (max ratio to the floor or None, max peak MB).
 TARGETS = {
     ("S4D (diag, zoh)", (128, 64, 16000)): (1.0, 1024),
     ("S4 (DPLR, legs)", (128, 64, 16000)): (2.0, 1024),
+    ("S4 (DPLR, legs, numba)", (128, 64, 16000)): (2.0, 1024),
     ("LSSL (legs, learned A, dt)", (128, 64, 16000)): (2.0, 1024),
     ("LSSL (legs, learned A, dt)", (256, 256, 1024)): (None, 8192),
 }

@@ -193,12 +193,12 @@ class CauchyConjNumba(torch.autograd.Function):
         _, S, H, N = ww.shape
         grad_w = torch.empty_like(ww)
         t_sums = torch.empty(3 if with_poles else 0, S, H, N, dtype=ww.dtype)
-        cauchy_conj_backward(
-            ww.numpy(), mw.numpy(), _nodes(a, ww.dtype), _nodes(c, ww.dtype), gw.numpy(), grad_w.numpy(), t_sums.numpy(), with_poles
-        )
+        a_np, c_np = _nodes(a, ww.dtype), _nodes(c, ww.dtype)
+        cauchy_conj_backward(ww.numpy(), mw.numpy(), a_np, c_np, gw.numpy(), grad_w.numpy(), t_sums.numpy(), with_poles)
         grad_m = None
-        if with_poles:
+        if with_poles:  # dout/dm0 = (a w0 - c w1) 2ac E^2, dout/dm1 = -(a w0 - c w1) c^2 E^2
             w0, w1 = ww  # (S, H, N) each
             T0, T1, T2 = t_sums
-            grad_m = torch.stack([(2 * (w0 * T0 - w1 * T1)).sum(0), (w1 * T2 - w0 * T1).sum(0)]).to(ctx.dtype)  # (2, H, N)
+            grad_m = torch.stack([(2 * (w0 * T0 - w1 * T1)).sum(0), (w1 * T2 - w0 * T1).sum(0)])  # (2, H, N)
+            grad_m = grad_m.to(ctx.dtype)
         return grad_w.to(ctx.dtype), grad_m, None, None
