@@ -4,6 +4,7 @@ memory in a fresh process."""
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,22 +34,28 @@ def floor_step(H: int, L: int) -> Step:
     return step
 
 
-def timed(step: Step) -> float:
-    t = time.perf_counter()
-    step()
-    return time.perf_counter() - t
+def minor_faults() -> int:
+    """Minor page faults of this process so far: each maps a fresh zero-filled page, which is
+    what a large tensor costs when the allocator hands it to the system on free and gets new
+    pages on the next allocation (glibc's malloc above its mmap threshold)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def interleaved(steps: dict[str, Step], repeats: int) -> dict[str, list[float]]:
-    """The time of each step in every round, after one warm-up round; rounds run every step
-    once, round-robin, so that the steps of one round see the same state of the machine."""
+def interleaved(steps: dict[str, Step], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """The time and the minor page faults of each step in every round, after one warm-up round;
+    rounds run every step once, round-robin, so that the steps of one round see the same state
+    of the machine."""
     for step in steps.values():
         step()
-    rounds: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    faults: dict[str, list[int]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            rounds[name].append(timed(step))
-    return rounds
+            f, t = minor_faults(), time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+            faults[name].append(minor_faults() - f)
+    return times, faults
 
 
 def median_ratio(rounds: dict[str, list[float]], name: str, reference: str) -> float:

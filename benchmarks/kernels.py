@@ -88,7 +88,7 @@ def main() -> None:
     for H, N, L in QUICK_SHAPES if args.quick else SHAPES:
         torch.manual_seed(0)
         steps = {name: make_step(name, H, N, L) for name in [FLOOR, *KERNELS]}
-        rounds = interleaved(steps, args.repeats)
+        rounds, _ = interleaved(steps, args.repeats)
         times = {name: statistics.median(t) for name, t in rounds.items()}
         ratios = {name: median_ratio(rounds, name, FLOOR) for name in rounds}
         del steps

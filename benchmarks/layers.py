@@ -2,7 +2,9 @@
 D, activation, output mixing; gradients of the parameters and of the input, as inside a model
 and as in the floor) at batch 4, against the FFT-convolution floor at the same shape
 (interleaved in one process; ratios taken within each round), and the recurrent step latency.
-Liquid-S4 rows are also compared with the plain S4 layer of the same backend (the median over
+"faulted MB" is the memory a step mapped afresh (its minor page faults times the page size,
+median over rounds): what the allocator gave back to the system and faulted in again, a cost
+that depends on the allocator's state more than on the layer. Liquid-S4 rows are also compared with the plain S4 layer of the same backend (the median over
 rounds of the two layers' time ratio in the same round).
 
     python benchmarks/layers.py [--repeats 5] [--quick] [--out benchmarks/layers.md]
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -46,6 +49,8 @@ LAYERS: dict[str, Callable[[int, int], SSMLayer]] = {
     },
 }
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+# Bytes per page, for the memory the minor page faults of a step mapped afresh.
+PAGE = resource.getpagesize()
 # Liquid-S4 at P <= 3: at most 1.25x our S4 layer at every shape; at L=16000 also 4x faster and
 # a quarter of the memory of the official Liquid-S4 layer (9.8 s, 11.5 GB on this machine).
 LIQUID_MAX_RATIO_TO_S4 = 1.25
@@ -134,7 +139,7 @@ def main() -> None:
     for H, N, L in [] if args.steps_only else QUICK_SHAPES if args.quick else shapes:
         torch.manual_seed(0)
         steps = {name: make_step(name, H, N, L) for name in names}
-        rounds = interleaved(steps, args.repeats)
+        rounds, faults = interleaved(steps, args.repeats)
         times = {name: statistics.median(t) for name, t in rounds.items()}
         ratios = {name: median_ratio(rounds, name, FLOOR) for name in rounds}
         del steps
@@ -159,8 +164,10 @@ def main() -> None:
                         target += f", < {max_s:.3g} s, < {max_mb / 1024:.2g} GB"
                         met = met and times[name] < max_s and mem < max_mb
                     verdict = "met" if met else "MISSED"
+            fault_mb = statistics.median(faults[name]) * PAGE / 2**20
             rows.append(
-                f"| {name} | {H} | {N} | {L} | {times[name]:.3f} | {ratios[name]:.2f} | {to_s4} | {mem:.0f} | {target} | {verdict} |"
+                f"| {name} | {H} | {N} | {L} | {times[name]:.3f} | {ratios[name]:.2f} | {to_s4} | {mem:.0f} | {fault_mb:.0f} "
+                f"| {target} | {verdict} |"
             )
             print(rows[-1], flush=True)
     step_rows = []
@@ -180,8 +187,8 @@ def main() -> None:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward + backward at batch {BATCH}, "
             f"median of {args.repeats}.",
             "",
-            "| layer | H | N | L | fwd+bwd (s) | ratio to floor | ratio to S4 | peak MB | target | |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| layer | H | N | L | fwd+bwd (s) | ratio to floor | ratio to S4 | peak MB | faulted MB | target | |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Recurrent step, H=128, N=64, inference mode, median of 1000 steps: the SSM recurrence",
