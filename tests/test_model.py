@@ -4,7 +4,7 @@ import torch
 from lssl.layer import LAYERS
 from lssl.model import SequenceModel
 
-from .helpers import assert_close
+from .helpers import assert_close, needs_numba
 
 F64 = torch.float64
 
@@ -105,3 +105,17 @@ def test_standardised_outputs(f64):
         SequenceModel(**kwargs, target_mean=[0.0, 0.0], target_std=[1.0, 0.0])
     with pytest.raises(ValueError, match="must be 2 numbers"):
         SequenceModel(**kwargs, target_mean=[0.0], target_std=[1.0])
+
+
+@needs_numba
+@pytest.mark.parametrize("layer", ["s4", "liquid-s4"])
+def test_numba_backend_through_layer_args(f64, layer):
+    """layer_args={'backend': 'numba'} reaches every block's layer (the CLI's
+    --model.layer_args.backend=numba), and the model computes what the torch backend does."""
+    args = {"d_state": 8, "l_max": 30} if layer == "liquid-s4" else {"d_state": 8}
+    fast = _model(layer=layer, layer_args={**args, "backend": "numba"}, pooling="none")
+    slow = _model(layer=layer, layer_args=args, pooling="none")
+    slow.load_state_dict(fast.state_dict())
+    assert all(block.layer.kernel.backend == "numba" for block in fast.blocks)
+    x = torch.randn(2, 30, 3)
+    assert_close(fast(x), slow(x))
