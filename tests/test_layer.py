@@ -222,3 +222,13 @@ def test_s4_numba_backend_without_numba_says_how_to_get_it(monkeypatch):
 def test_s4_bad_backend():
     with pytest.raises(ValueError, match="unknown backend 'cuda'; known: 'torch', 'numba'"):
         S4(H, d_state=4, backend="cuda")
+
+
+def test_repr_names_the_kernel_options():
+    assert "DPLRKernel(d_model=4, channels=1, d_state=8, measure='legt', n_ssm=4, backend='torch')" in repr(
+        S4(H, d_state=8, measure="legt")
+    )
+    assert "DiagKernel(d_model=4, channels=2, d_state=8, init='lin', disc='bilinear', n_ssm=4)" in repr(
+        S4D(H, d_state=8, channels=2, init="lin", disc="bilinear")
+    )
+    assert "d_model=4, channels=1, d_state=8, measure='lagt', disc='bilinear'" in repr(LSSL(H, d_state=8, measure="lagt"))

@@ -316,6 +316,9 @@ class SSMKernel(nn.Module):
         log_dt = init_log_dt(d_model, dt_min, dt_max, dt_init).to(torch.get_default_dtype())
         self.register("log_dt", log_dt, learn=learn_dt, lr=lr_dt)
 
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, channels={self.channels}"
+
     def register(self, name: str, tensor: Tensor, learn: bool = True, lr: float | None = None) -> None:
         """`register` on this kernel; read complex tensors back with `self.complex(name)`."""
         register(self, name, tensor, learn, lr)

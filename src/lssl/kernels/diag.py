@@ -162,6 +162,9 @@ class DiagKernel(SSMKernel):
         """The stored diagonal (n_ssm, N/2) complex, with Re < 0 by construction."""
         return torch.complex(-self.log_neg_re.exp(), self.lam_im)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, d_state={self.d_state}, init={self.init!r}, disc={self.disc!r}, n_ssm={self.n_ssm}"
+
     def _discretize(self, rate: float) -> tuple[Tensor, Tensor, Tensor]:
         """(A_bar, B_bar, log A_bar), each (H, N/2) complex, at step dt * rate."""
         lam, B = self.modes()  # (H, N/2) each

@@ -259,6 +259,12 @@ class DPLRKernel(SSMKernel):
         # 0: C holds the plain C; L > 0: it holds C~ = (I - A_bar^L)^T C, A_bar at step dt.
         self.register_buffer("l_kernel", torch.tensor(0))
 
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_state={self.d_state}, measure={self.measure!r}, n_ssm={self.n_ssm}, "
+            f"backend={self.backend!r}"
+        )
+
     def _features(self, x: Tensor) -> Tensor:
         """Broadcast n_ssm copies (..., n_ssm, N/2) to the H features (..., H, N/2)."""
         *lead, n, half = x.shape

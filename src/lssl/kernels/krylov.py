@@ -132,6 +132,9 @@ class KrylovKernel(SSMKernel):
         self._cache: tuple[tuple, Tensor] | None = None
         self._basis_cache: tuple[tuple, tuple[Tensor, list[Tensor]]] | None = None
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, d_state={self.d_state}, measure={self.measure!r}, disc={self.disc!r}"
+
     def _discretize(self, rate: float) -> tuple[Tensor, Tensor]:
         A, B = self.transition.dense()
         return discretize.DENSE[self.disc](A, B, self.dt * rate)

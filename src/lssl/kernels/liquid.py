@@ -605,6 +605,9 @@ class LiquidTerm(nn.Module):
         check_backend(backend)
         self._degree, self.backend = degree, backend
 
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}, backend={self.backend!r}"
+
     def set_length(self, length: int) -> None:
         """Record the sequence length the layer is set up for (used by PB's default windows)."""
 
@@ -693,6 +696,9 @@ class PolyB(LiquidTerm):
         """Fix the length l of the default window rule, unless already fixed."""
         if self.length.item() == 0:
             self.length.fill_(length)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}"
 
     def windows(self) -> list[int]:
         """[W_2, ..., W_P] ([] for P = 1)."""
