@@ -159,3 +159,13 @@ def test_numba_refuses_other_devices():
     a = torch.zeros(4, dtype=torch.complex64, device="meta")
     with pytest.raises(ValueError, match="backend='numba' runs on CPU tensors, got the input on meta"):
         cauchy_conj(v, v[0], a, a, backend="numba")
+
+
+@needs_numba
+def test_numba_refuses_double_backward():
+    """The compiled backward is not itself differentiable: asking it for a graph (second
+    derivatives) raises instead of silently dropping the dependence on the inputs."""
+    v, mu, a, c = _inputs()
+    out = cauchy_conj(v, mu, a, c, backend="numba")
+    with pytest.raises(RuntimeError, match="backend='numba' computes first derivatives only"):
+        torch.autograd.grad(out.real.sum(), v, create_graph=True)

@@ -848,3 +848,16 @@ def test_numba_backend_takes_bfloat16(term):
     assert z_fast.dtype == g_fast.dtype == torch.bfloat16
     assert rel_err(z_fast.float(), z_slow.float()) < 1e-2
     assert rel_err(g_fast.float(), g_slow.float()) < 2e-2
+
+
+@needs_numba
+@pytest.mark.parametrize("term", TERMS)
+def test_numba_signals_refuse_double_backward(term):
+    u = torch.randn(2, H, 12, dtype=torch.float64, requires_grad=True)
+    s = torch.rand(H, dtype=torch.float64)
+    if term == "pb":
+        z, _ = liquid.pb_signal(u, s, [3], backend="numba")
+    else:
+        z, _ = liquid.kb_signal(u, s, 3, backend="numba")
+    with pytest.raises(RuntimeError, match="backend='numba' computes first derivatives only"):
+        torch.autograd.grad(z.sum(), u, create_graph=True)

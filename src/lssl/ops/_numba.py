@@ -28,3 +28,14 @@ def loop_input(x: Tensor) -> Tensor:
 def match_threads() -> None:
     """Run numba's loops on as many threads as torch's (at most what numba was started with)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def first_order_only() -> None:
+    """Raise in a backward asked to build a graph (create_graph=True, for second derivatives):
+    the compiled backward computes numbers, not torch operations, so its result would carry no
+    dependence on the inputs and higher derivatives would come out silently wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "backend='numba' computes first derivatives only (its backward is compiled); "
+            "use backend='torch' for higher derivatives"
+        )

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import torch
 
-from ._numba import compile_sums, loop_input, match_threads
+from ._numba import compile_sums, first_order_only, loop_input, match_threads
 
 Tensor = torch.Tensor
 
@@ -186,6 +186,7 @@ class CauchyConjNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
+        first_order_only()
         match_threads()
         ww, mw, a, c = ctx.saved_tensors
         gw = torch.view_as_real(g.resolve_conj()).to(ww.dtype).contiguous()

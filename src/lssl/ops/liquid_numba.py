@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import torch
 
-from ._numba import compile_loops, loop_input, match_threads
+from ._numba import compile_loops, first_order_only, loop_input, match_threads
 
 Tensor = torch.Tensor
 
@@ -280,6 +280,7 @@ class WindowPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
+        first_order_only()
         match_threads()
         xw, a = ctx.saved_tensors
         coeff = a.detach().double()[:, None].expand(-1, xw.shape[0], -1).contiguous()
@@ -310,6 +311,7 @@ class PrefixPolynomialNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
+        first_order_only()
         match_threads()
         xw, c = ctx.saved_tensors
         Q = c.shape[0] - 1
