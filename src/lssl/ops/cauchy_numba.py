@@ -180,21 +180,21 @@ class CauchyConjNumba(torch.autograd.Function):
         _, S, H, _ = w.shape
         out = torch.empty(S, H, a.shape[0], 2, dtype=ww.dtype)
         cauchy_conj_forward(ww.numpy(), mw.numpy(), a_np, c_np, out.numpy())
-        ctx.save_for_backward(ww, mw, a, c)
-        ctx.dtype = w.dtype
+        ctx.save_for_backward(ww, mw)
+        ctx.dtype, ctx.nodes = w.dtype, (a_np, c_np)
         return torch.view_as_complex(out).to(a.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
         first_order_only()
         match_threads()
-        ww, mw, a, c = ctx.saved_tensors
+        ww, mw = ctx.saved_tensors
         gw = torch.view_as_real(g.resolve_conj()).to(ww.dtype).contiguous()
         with_poles = ctx.needs_input_grad[1]
         _, S, H, N = ww.shape
         grad_w = torch.empty_like(ww)
         t_sums = torch.empty(3 if with_poles else 0, S, H, N, dtype=ww.dtype)
-        a_np, c_np = _nodes(a, ww.dtype), _nodes(c, ww.dtype)
+        a_np, c_np = ctx.nodes
         cauchy_conj_backward(ww.numpy(), mw.numpy(), a_np, c_np, gw.numpy(), grad_w.numpy(), t_sums.numpy(), with_poles)
         grad_m = None
         if with_poles:  # dout/dm0 = (a w0 - c w1) 2ac E^2, dout/dm1 = -(a w0 - c w1) c^2 E^2

@@ -274,7 +274,7 @@ class WindowPolynomialNumba(torch.autograd.Function):
         w = np.asarray(windows, dtype=np.int64)
         z = torch.empty_like(xw)
         window_forward(xw.numpy(), coeff.numpy(), w, z.numpy())
-        ctx.windows, ctx.dtype = w, x.dtype
+        ctx.windows, ctx.dtype, ctx.coeff = w, x.dtype, coeff
         ctx.save_for_backward(xw, a)
         return z.to(x.dtype)
 
@@ -283,11 +283,10 @@ class WindowPolynomialNumba(torch.autograd.Function):
         first_order_only()
         match_threads()
         xw, a = ctx.saved_tensors
-        coeff = a.detach().double()[:, None].expand(-1, xw.shape[0], -1).contiguous()
         g = grad_z.to(xw.dtype).contiguous()
         grad_x = torch.empty_like(xw)
-        grad_coeff = torch.empty(coeff.shape, dtype=torch.float64)
-        window_backward(xw.numpy(), coeff.numpy(), ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy())
+        grad_coeff = torch.empty(ctx.coeff.shape, dtype=torch.float64)
+        window_backward(xw.numpy(), ctx.coeff.numpy(), ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy())
         return grad_x.to(ctx.dtype), grad_coeff.sum(1).to(a.dtype), None
 
 
@@ -305,7 +304,7 @@ class PrefixPolynomialNumba(torch.autograd.Function):
         w = torch.empty_like(xw)
         totals = torch.empty(c.shape[0] - 1, x.shape[0], x.shape[2], dtype=torch.float64)
         prefix_forward(xw.numpy(), c64.numpy(), w.numpy(), totals.numpy())
-        ctx.dtype = x.dtype
+        ctx.dtype, ctx.c64 = x.dtype, c64
         ctx.save_for_backward(xw, c)
         return w.to(x.dtype), totals
 
@@ -315,12 +314,11 @@ class PrefixPolynomialNumba(torch.autograd.Function):
         match_threads()
         xw, c = ctx.saved_tensors
         Q = c.shape[0] - 1
-        c64 = c.detach().double().contiguous()
         t = torch.zeros(Q, xw.shape[0], xw.shape[2], dtype=torch.float64) if grad_totals is None else grad_totals
         grad_x = torch.empty_like(xw)
         grad_c = torch.empty(Q + 1, xw.shape[0], xw.shape[2], dtype=torch.float64)
         prefix_backward(
-            xw.numpy(), c64.numpy(), grad_w.to(xw.dtype).contiguous().numpy(), t.double().contiguous().numpy(),
+            xw.numpy(), ctx.c64.numpy(), grad_w.to(xw.dtype).contiguous().numpy(), t.double().contiguous().numpy(),
             grad_x.numpy(), grad_c.numpy(),
         )
         if c.shape[1] == 1:
