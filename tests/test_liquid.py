@@ -829,6 +829,33 @@ def test_numba_backend_refuses_other_devices():
         liquid.prefix_polynomial(x, torch.zeros(2, 1, 3, device="meta"), "numba")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_pb_folds_a_single_channel_k0_into_its_coefficients(f64, backend, bidirectional):
+    """With one channel per direction, K_0 z comes out of the window polynomial with K_0 in its
+    coefficients; values and gradients (input, s, K) equal the product K_0 z made afterwards."""
+    term = liquid.PolyB(3, window=4, backend=backend)
+    u = torch.randn(2, H, 11, requires_grad=True)
+    s = torch.rand(H, requires_grad=True)
+    K = torch.randn(2 if bidirectional else 1, H, 11, requires_grad=True)
+    _, pointwise, _, _ = term(u, K, s, None, bidirectional)
+    K0 = K[..., 0]
+    z = liquid.pb_signal(u, s, [4, 4], backend=backend)[0].transpose(1, 2)[:, :, None]  # (B, L, 1, H)
+    if bidirectional:
+        z_rev = liquid.pb_signal(u.flip(-1), s, [4, 4], backend=backend)[0].flip(-1).transpose(1, 2)[:, :, None]
+        expected = K0[0] * z + K0[1] * z_rev
+    else:
+        expected = K0[0] * z
+    assert pointwise.shape == (2, 11, 1, H)
+    assert_close(pointwise, expected)
+    g = torch.randn_like(expected)
+    for got, want in zip(
+        torch.autograd.grad((pointwise * g).sum(), (u, s, K)),
+        torch.autograd.grad((expected * g).sum(), (u, s, K)),
+    ):
+        assert_close(got, want)
+
+
 @needs_numba
 @pytest.mark.parametrize("term", TERMS)
 def test_numba_backend_takes_bfloat16(term):

@@ -445,21 +445,29 @@ def prefix_polynomial(x: Tensor, c: Tensor, backend: str) -> tuple[Tensor, Tenso
 
 
 def pb_signal(
-    u: Tensor, s: Tensor, windows: list[int], memory: Tensor | None = None, backend: str = "torch"
+    u: Tensor,
+    s: Tensor,
+    windows: list[int],
+    memory: Tensor | None = None,
+    backend: str = "torch",
+    k0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The PB correlation signal z_k = sum_{p=2..P} s^{p-1} e_p(last W_p samples up to k)
-    (`window_polynomial`).
+    (`window_polynomial`), or K_0 z_k with k0 given.
 
     Args:
         u: (B, H, L). s: (H,). windows: [W_2, ..., W_P].
         memory: (B, H, M) the M = max(W_p) - 1 inputs before u[..., 0] (None: zeros).
         backend: 'torch' or 'numba' (`window_polynomial`; a single recurrent step always
             runs in torch).
+        k0: K_0 (H,) of a one-channel kernel, folded into the coefficients (None: z alone).
     Returns:
         z (B, H, L) and the memory after u[..., -1] (B, H, M).
     """
     M = max(windows) - 1
     a = torch.stack([s ** (p - 1) for p in range(2, len(windows) + 2)])  # (P-1, H)
+    if k0 is not None:
+        a = a * k0
     # Without a memory the past is zeros, which the window sums already assume.
     x = u if memory is None else torch.cat([memory, u], dim=-1)  # (B, H, M' + L)
     if memory is not None and u.shape[-1] == 1:  # a recurrent step: x is exactly the longest window
@@ -589,8 +597,9 @@ class LiquidTerm(nn.Module):
     `forward(u, K, s, memory, bidirectional)` returns the convolution's output (B, C, H, L), the
     pointwise term K_0 z in the layer's (B, L, C, H) layout (None without one), which the layer
     adds with its D term, the SSM input w (B, H, L) whose final state the layer carries, and the
-    new memory. `signals(u, s, memory)` returns (w, z, memory) for one causal direction, with the
-    layer output K * w + K_0 z (z None: no pointwise term); the recurrent view steps it with L = 1.
+    new memory. `signals(u, s, memory, k0)` returns (w, z, memory) for one causal direction, with
+    the layer output K * w + K_0 z (z None: no pointwise term; with k0 given, z is K_0 z); the
+    recurrent view steps it with L = 1.
 
     Args:
         degree: P. backend: 'torch' or 'numba', how the signals are computed (`window_polynomial`,
@@ -623,28 +632,38 @@ class LiquidTerm(nn.Module):
     def memory_size(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def signals(self, u: Tensor, s: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    def signals(
+        self, u: Tensor, s: Tensor, memory: Tensor | None, k0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(
         self, u: Tensor, K: Tensor, s: Tensor, memory: Tensor | None, bidirectional: bool
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-        # The pointwise term is built in (B, L, C, H), from z (B, H, L) as the (B, L, H) view that
-        # the numba backend computes contiguously: added there, neither it nor its gradient is
-        # transposed.
+        # A single channel's K_0 is folded into z's coefficients (`pb_signal`'s k0): the
+        # pointwise term is then z itself, with no product over (B, L, H) nor its backward.
+        folded = K.shape[0] == (2 if bidirectional else 1)
         if bidirectional:
-            w, z, _ = self.signals(u, s, None)
-            w_rev, z_rev, _ = self.signals(u.flip(-1), s, None)
+            forward, backward = K[..., 0].chunk(2, dim=0)  # K_0 of each direction, (C, H)
+            w, z, _ = self.signals(u, s, None, forward[0] if folded else None)
+            w_rev, z_rev, _ = self.signals(u.flip(-1), s, None, backward[0] if folded else None)
             y = bidirectional_conv(w, w_rev, K)
             pointwise = None
             if z is not None:
-                forward, backward = K[..., 0].chunk(2, dim=0)  # K_0 of each direction, (C, H)
-                z_back = z_rev.flip(-1).transpose(1, 2)[:, :, None]
-                pointwise = forward * z.transpose(1, 2)[:, :, None] + backward * z_back
+                pointwise = pointwise_term(z, forward, folded) + pointwise_term(z_rev.flip(-1), backward, folded)
             return y, pointwise, w, None
-        w, z, memory = self.signals(u, s, memory)
-        pointwise = None if z is None else K[..., 0] * z.transpose(1, 2)[:, :, None]  # (B, L, C, H)
+        K0 = K[..., 0]  # (C, H)
+        w, z, memory = self.signals(u, s, memory, K0[0] if folded else None)
+        pointwise = None if z is None else pointwise_term(z, K0, folded)
         return fftconv(w, K), pointwise, w, memory
+
+
+def pointwise_term(z: Tensor, K0: Tensor, folded: bool) -> Tensor:
+    """The pointwise term K_0 z in the layer's (B, L, C, H) layout, from z (B, H, L), the (B, L, H)
+    view that the numba backend computes contiguously: added there, neither it nor its gradient
+    is transposed. folded: z already carries K0 (C = 1)."""
+    z = z.transpose(1, 2)[:, :, None]  # (B, L, 1, H)
+    return z if folded else K0 * z
 
 
 class KernelB(LiquidTerm):
@@ -654,7 +673,9 @@ class KernelB(LiquidTerm):
     def memory_size(self) -> int:
         return self.degree - 1
 
-    def signals(self, u: Tensor, s: Tensor, memory: Tensor | None) -> tuple[Tensor, None, Tensor]:
+    def signals(
+        self, u: Tensor, s: Tensor, memory: Tensor | None, k0: Tensor | None = None
+    ) -> tuple[Tensor, None, Tensor]:
         w, memory = kb_signal(u, s, self.degree, memory, self.backend)
         return w, None, memory
 
@@ -717,8 +738,10 @@ class PolyB(LiquidTerm):
     def memory_size(self) -> int:
         return max(self.windows(), default=1) - 1
 
-    def signals(self, u: Tensor, s: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        z, memory = pb_signal(u, s, self.windows(), memory, self.backend)
+    def signals(
+        self, u: Tensor, s: Tensor, memory: Tensor | None, k0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        z, memory = pb_signal(u, s, self.windows(), memory, self.backend, k0)
         return u, z, memory
 
 

@@ -44,34 +44,57 @@ BLOCK = 256
 
 
 @numba.njit(inline="always")
-def slide(ps, x, b, k, o, p, sign, t, xv):
-    """ps[o, j] += sign * x[b, k]^j, j = 1..p, for every feature."""
-    for h in range(x.shape[2]):
-        xv[h] = x[b, k, h]
-        t[h] = xv[h]
-    for j in range(1, p + 1):
-        for h in range(x.shape[2]):
-            ps[o, j, h] += sign * t[h]
-            t[h] *= xv[h]
+def slide(ps, x, b, o, p, add, remove, t_add, t_remove, x_add, x_remove):
+    """ps[o, j] += x[b, add]^j - x[b, remove]^j, j = 1..p, for every feature; add or remove
+    -1: no sample enters or leaves."""
+    H = x.shape[2]
+    if add >= 0 and remove >= 0:
+        for h in range(H):
+            x_add[h] = x[b, add, h]
+            x_remove[h] = x[b, remove, h]
+            t_add[h] = x_add[h]
+            t_remove[h] = x_remove[h]
+        for j in range(1, p + 1):
+            for h in range(H):
+                ps[o, j, h] += t_add[h] - t_remove[h]
+                t_add[h] *= x_add[h]
+                t_remove[h] *= x_remove[h]
+    elif add >= 0:
+        for h in range(H):
+            x_add[h] = x[b, add, h]
+            t_add[h] = x_add[h]
+        for j in range(1, p + 1):
+            for h in range(H):
+                ps[o, j, h] += t_add[h]
+                t_add[h] *= x_add[h]
+    elif remove >= 0:
+        for h in range(H):
+            x_remove[h] = x[b, remove, h]
+            t_remove[h] = x_remove[h]
+        for j in range(1, p + 1):
+            for h in range(H):
+                ps[o, j, h] -= t_remove[h]
+                t_remove[h] *= x_remove[h]
 
 
 @numba.njit(inline="always")
-def newton(ps, o, p, e, acc):
-    """e[0..p] (every feature) from the power sums ps[o, 1..p] by Newton's identities."""
-    H = acc.shape[0]
+def newton(ps, o, p, e):
+    """e[1..p] (every feature) from the power sums ps[o, 1..p] by Newton's identities,
+    q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j; e[0] = 1 is set once by the caller."""
+    H = e.shape[1]
     for h in range(H):
-        e[0, h] = 1.0
-    for q in range(1, p + 1):
+        e[1, h] = ps[o, 1, h]
+    for q in range(2, p + 1):
         for h in range(H):
-            acc[h] = e[q - 1, h] * ps[o, 1, h]
-        sign = -1.0
-        for j in range(2, q + 1):
+            e[q, h] = e[q - 1, h] * ps[o, 1, h] - e[q - 2, h] * ps[o, 2, h]
+        sign = 1.0
+        for j in range(3, q + 1):
             for h in range(H):
-                acc[h] += sign * e[q - j, h] * ps[o, j, h]
+                e[q, h] += sign * e[q - j, h] * ps[o, j, h]
             sign = -sign
         inv = 1.0 / q
         for h in range(H):
-            e[q, h] = acc[h] * inv
+            e[q, h] *= inv
 
 
 @compile_loops
@@ -81,19 +104,20 @@ def window_forward(x, a, windows, z):
     orders = windows.shape[0]
     for b in numba.prange(B):
         ps = np.zeros((orders, orders + 2, H))
-        e = np.empty((orders + 2, H))
-        acc, t, xv, zk = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
+        e = np.ones((orders + 2, H))
+        t_add, t_remove, x_add, x_remove = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
+        zk = np.empty(H)
         for k in range(n):
-            for h in range(H):
-                zk[h] = 0.0
             for o in range(orders):
                 p, W = o + 2, windows[o]
-                slide(ps, x, b, k, o, p, 1.0, t, xv)
-                if k >= W:
-                    slide(ps, x, b, k - W, o, p, -1.0, t, xv)
-                newton(ps, o, p, e, acc)
-                for h in range(H):
-                    zk[h] += a[o, b, h] * e[p, h]
+                slide(ps, x, b, o, p, k, k - W, t_add, t_remove, x_add, x_remove)
+                newton(ps, o, p, e)
+                if o == 0:
+                    for h in range(H):
+                        zk[h] = a[o, b, h] * e[p, h]
+                else:
+                    for h in range(H):
+                        zk[h] += a[o, b, h] * e[p, h]
             for h in range(H):
                 z[b, k, h] = zk[h]
 
@@ -113,23 +137,22 @@ def window_backward(x, a, windows, g, gx, ga):
         ps = np.zeros((orders, top, H))  # window power sums at k = i
         R = np.zeros((orders, top, H))  # R[o, j] = sum_{k=i..i+W-1} g_k e_{p-j}(k)
         ring = np.empty((start[orders], H))
-        e = np.empty((top, H))
-        acc, t, xv, gi, gk = np.empty(H), np.empty(H), np.empty(H), np.empty(H), np.empty(H)
+        e = np.ones((top, H))
+        t_add, t_remove, x_add, x_remove = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
+        acc, xv, gi, gk = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
         gsum = np.zeros((orders, H))  # sum_k g_k e_p(k), the gradient of a_p
         for o in range(orders):  # the window state at k = n - 1, summed directly
             for k in range(max(0, n - windows[o]), n):
-                slide(ps, x, b, k, o, o + 2, 1.0, t, xv)
+                slide(ps, x, b, o, o + 2, k, -1, t_add, t_remove, x_add, x_remove)
         for i in range(n - 1, -1, -1):
             for h in range(H):
-                gi[h] = 0.0
                 gk[h] = g[b, i, h]
+                xv[h] = x[b, i, h]
             for o in range(orders):
                 p, W = o + 2, windows[o]
                 if i < n - 1:  # slide the window from k = i + 1 to k = i
-                    slide(ps, x, b, i + 1, o, p, -1.0, t, xv)
-                    if i + 1 >= W:
-                        slide(ps, x, b, i + 1 - W, o, p, 1.0, t, xv)
-                newton(ps, o, p, e, acc)
+                    slide(ps, x, b, o, p, i + 1 - W, i + 1, t_add, t_remove, x_add, x_remove)
+                newton(ps, o, p, e)
                 for h in range(H):
                     gsum[o, h] += gk[h] * e[p, h]
                 # R gains sample i and, once i + W < n, loses sample i + W, whose terms sit in
@@ -148,15 +171,18 @@ def window_backward(x, a, windows, g, gx, ga):
                             term = gk[h] * e[p - j, h]
                             R[o, j, h] += term
                             ring[slot, h] = term
-                # Horner: a_p sum_j (-x_i)^{j-1} R_j.
+                # Horner: a_p sum_j (-x_i)^{j-1} R_j, added to the gradient of x_i.
                 for h in range(H):
-                    xv[h] = x[b, i, h]
                     acc[h] = R[o, p, h]
                 for j in range(p - 1, 0, -1):
                     for h in range(H):
                         acc[h] = R[o, j, h] - xv[h] * acc[h]
-                for h in range(H):
-                    gi[h] += a[o, b, h] * acc[h]
+                if o == 0:
+                    for h in range(H):
+                        gi[h] = a[o, b, h] * acc[h]
+                else:
+                    for h in range(H):
+                        gi[h] += a[o, b, h] * acc[h]
             for h in range(H):
                 gx[b, i, h] = gi[h]
         for o in range(orders):
