@@ -18,6 +18,7 @@ from lssl.ops.fftconv import fftconv
 
 BATCH = 4
 FLOOR = "FFT conv floor (B=4)"
+PLAIN_FLOOR = "plain FFT conv (B=4)"
 Step = Callable[[], None]
 
 
@@ -30,6 +31,23 @@ def floor_step(H: int, L: int) -> Step:
     def step():
         u.grad = K.grad = None
         (fftconv(u, K) * G).sum().backward()
+
+    return step
+
+
+def plain_floor_step(H: int, L: int) -> Step:
+    """The same convolution as `floor_step` written as plain torch (rfft, product, irfft, and
+    autograd's own backward): what an FFT convolution costs without our `fftconv`, a second
+    reference for the layers' ratios."""
+    u = torch.randn(BATCH, H, L, requires_grad=True)
+    K = torch.randn(1, H, L, requires_grad=True)
+    G = torch.randn(BATCH, 1, H, L)
+
+    def step():
+        u.grad = K.grad = None
+        n = 2 * L
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n)[:, None] * torch.fft.rfft(K, n=n), n=n)[..., :L]
+        (y * G).sum().backward()
 
     return step
 

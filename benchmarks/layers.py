@@ -2,10 +2,13 @@
 D, activation, output mixing; gradients of the parameters and of the input, as inside a model
 and as in the floor) at batch 4, against the FFT-convolution floor at the same shape
 (interleaved in one process; ratios taken within each round), and the recurrent step latency.
+The floor is our `fftconv` (its backward written out); "ratio to plain conv" is the ratio to the
+same convolution in plain torch (rfft, product, irfft, autograd's backward), for scale.
 "faulted MB" is the memory a step mapped afresh (its minor page faults times the page size,
 median over rounds): what the allocator gave back to the system and faulted in again, a cost
-that depends on the allocator's state more than on the layer. Liquid-S4 rows are also compared with the plain S4 layer of the same backend (the median over
-rounds of the two layers' time ratio in the same round).
+that depends on the allocator's state more than on the layer. Liquid-S4 rows are also compared
+with the plain S4 layer of the same backend (the median over rounds of the two layers' time
+ratio in the same round).
 
     python benchmarks/layers.py [--repeats 5] [--quick] [--out benchmarks/layers.md]
 """
@@ -22,7 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import BATCH, FLOOR, Step, floor_step, interleaved, median_ratio, peak_memory_mb
+from common import (
+    BATCH,
+    FLOOR,
+    PLAIN_FLOOR,
+    Step,
+    floor_step,
+    interleaved,
+    median_ratio,
+    peak_memory_mb,
+    plain_floor_step,
+)
 
 from lssl import LSSL, S4, S4D, LiquidS4
 from lssl.layer import SSMLayer
@@ -86,6 +99,8 @@ def layer_step(layer: SSMLayer, L: int) -> Step:
 def make_step(name: str, H: int, N: int, L: int) -> Step:
     if name == FLOOR:
         return floor_step(H, L)
+    if name == PLAIN_FLOOR:
+        return plain_floor_step(H, L)
     return layer_step(LAYERS[name](H, N), L)
 
 
@@ -134,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.shape] if args.shape else SHAPES
-    names = [FLOOR, *args.layers]
+    names = [FLOOR, PLAIN_FLOOR, *args.layers]
     rows = []
     for H, N, L in [] if args.steps_only else QUICK_SHAPES if args.quick else shapes:
         torch.manual_seed(0)
@@ -142,6 +157,7 @@ def main() -> None:
         rounds, faults = interleaved(steps, args.repeats)
         times = {name: statistics.median(t) for name, t in rounds.items()}
         ratios = {name: median_ratio(rounds, name, FLOOR) for name in rounds}
+        plain_ratios = {name: median_ratio(rounds, name, PLAIN_FLOOR) for name in rounds}
         del steps
         for name in names:
             mem = peak_memory_mb("layers", name, H, N, L)
@@ -166,7 +182,8 @@ def main() -> None:
                     verdict = "met" if met else "MISSED"
             fault_mb = statistics.median(faults[name]) * PAGE / 2**20
             rows.append(
-                f"| {name} | {H} | {N} | {L} | {times[name]:.3f} | {ratios[name]:.2f} | {to_s4} | {mem:.0f} | {fault_mb:.0f} "
+                f"| {name} | {H} | {N} | {L} | {times[name]:.3f} | {ratios[name]:.2f} | {plain_ratios[name]:.2f} | {to_s4} "
+                f"| {mem:.0f} | {fault_mb:.0f} "
                 f"| {target} | {verdict} |"
             )
             print(rows[-1], flush=True)
@@ -184,11 +201,16 @@ def main() -> None:
             print(step_rows[-1], flush=True)
     table = "\n".join(
         [
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward + backward at batch {BATCH}, "
-            f"median of {args.repeats}.",
+            (
+                f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward + backward at "
+                f"batch {BATCH}, median of {args.repeats}."
+            ),
             "",
-            "| layer | H | N | L | fwd+bwd (s) | ratio to floor | ratio to S4 | peak MB | faulted MB | target | |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            (
+                "| layer | H | N | L | fwd+bwd (s) | ratio to floor | ratio to plain conv | ratio to S4 | peak MB "
+                "| faulted MB | target | |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Recurrent step, H=128, N=64, inference mode, median of 1000 steps: the SSM recurrence",
