@@ -169,3 +169,13 @@ def test_numba_refuses_double_backward():
     out = cauchy_conj(v, mu, a, c, backend="numba")
     with pytest.raises(RuntimeError, match="backend='numba' computes first derivatives only"):
         torch.autograd.grad(out.real.sum(), v, create_graph=True)
+
+
+def test_torch_backwards_refuse_double_backward():
+    """The written-out backwards give first derivatives only; differentiating them again raises
+    torch's once_differentiable error instead of an unrelated one from inside the backward."""
+    v, mu, a, c = _inputs()
+    for out in (cauchy_conj(v, mu, a, c), cauchy(v, mu, a, c)):
+        (grad_v,) = torch.autograd.grad(out.abs().square().sum(), v, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            grad_v.abs().sum().backward()

@@ -877,6 +877,21 @@ def test_numba_backend_takes_bfloat16(term):
     assert rel_err(g_fast.float(), g_slow.float()) < 2e-2
 
 
+@pytest.mark.parametrize("term", TERMS)
+def test_torch_signals_refuse_double_backward(term):
+    """The torch signals' written-out backwards give first derivatives only: differentiating
+    them again raises torch's once_differentiable error."""
+    u = torch.randn(2, H, 12, dtype=torch.float64, requires_grad=True)
+    s = torch.rand(H, dtype=torch.float64)
+    if term == "pb":
+        z, _ = liquid.pb_signal(u, s, [3], backend="torch")
+    else:
+        z, _ = liquid.kb_signal(u, s, 3, backend="torch")
+    (grad_u,) = torch.autograd.grad(z.square().sum(), u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_u.sum().backward()
+
+
 @needs_numba
 @pytest.mark.parametrize("term", TERMS)
 def test_numba_signals_refuse_double_backward(term):

@@ -57,6 +57,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .._checks import check_length
 from ..ops.backend import check_backend, check_cpu, numba_module
@@ -230,6 +231,7 @@ class WindowPolynomial(torch.autograd.Function):
         return z.view_as(x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor, None]:
         x, a = ctx.saved_tensors
         n = x.shape[-1]
@@ -319,6 +321,7 @@ class PrefixPolynomial(torch.autograd.Function):
         return w.view_as(x), totals.view(Q, *x.shape[:2])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_w: Tensor, grad_totals: Tensor | None) -> tuple[Tensor, Tensor]:
         x, c = ctx.saved_tensors
         L, Q = x.shape[-1], c.shape[0] - 1

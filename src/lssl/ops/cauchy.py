@@ -29,6 +29,7 @@ serves all S numerator vectors through a batched matmul.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .._checks import check_choice
 from .backend import BACKENDS, check_cpu, numba_module
@@ -80,6 +81,7 @@ class _Cauchy(torch.autograd.Function):
         return out.transpose(0, 1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: Tensor):
         # Holomorphic in v and mu, so grad_in = grad_out * conj(d out / d in):
         # d out / d v = r and d out / d mu = v c r^2, with r = 1 / (a - c mu).
@@ -145,6 +147,7 @@ class _CauchyConj(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: Tensor):
         # Real inputs x: grad_x = Re(sum_k conj(g_k) d out_k / d x), a real matmul of the real
         # views of g conj(q) and of E, for a k-weighting q. d out / d w = (a E, -c E), and
