@@ -148,41 +148,42 @@ def window_backward(x, a, windows, g, gx, ga):
             for h in range(H):
                 gk[h] = g[b, i, h]
                 xv[h] = x[b, i, h]
+                gi[h] = 0.0
             for o in range(orders):
                 p, W = o + 2, windows[o]
                 if i < n - 1:  # slide the window from k = i + 1 to k = i
                     slide(ps, x, b, o, p, i + 1 - W, i + 1, t_add, t_remove, x_add, x_remove)
                 newton(ps, o, p, e)
-                for h in range(H):
-                    gsum[o, h] += gk[h] * e[p, h]
-                # R gains sample i and, once i + W < n, loses sample i + W, whose terms sit in
-                # the ring slot that sample i's terms take over.
+                # R_j gains sample i's term g_i e_{p-j}(i) and, once i + W < n, loses sample
+                # i + W's, which sits in the ring slot that sample i's term takes over. Fused into
+                # the same passes, descending j: Horner's a_p sum_j (-x_i)^{j-1} R_j, and (at
+                # j = p) the gradient of a_p, sum_k g_k e_p(k).
                 row = start[o] + (i % min(W, n)) * p
                 leaving = i + W <= n - 1
-                for j in range(1, p + 1):
+                for j in range(p, 0, -1):
                     slot = row + j - 1
-                    if leaving:
+                    if j == p:
+                        for h in range(H):
+                            gsum[o, h] += gk[h] * e[p, h]
+                            term = gk[h]  # e_0 = 1
+                            r = R[o, j, h] + term - (ring[slot, h] if leaving else 0.0)
+                            R[o, j, h] = r
+                            ring[slot, h] = term
+                            acc[h] = r
+                    elif j > 1:
                         for h in range(H):
                             term = gk[h] * e[p - j, h]
-                            R[o, j, h] += term - ring[slot, h]
+                            r = R[o, j, h] + term - (ring[slot, h] if leaving else 0.0)
+                            R[o, j, h] = r
                             ring[slot, h] = term
+                            acc[h] = r - xv[h] * acc[h]
                     else:
                         for h in range(H):
-                            term = gk[h] * e[p - j, h]
-                            R[o, j, h] += term
+                            term = gk[h] * e[p - 1, h]
+                            r = R[o, 1, h] + term - (ring[slot, h] if leaving else 0.0)
+                            R[o, 1, h] = r
                             ring[slot, h] = term
-                # Horner: a_p sum_j (-x_i)^{j-1} R_j, added to the gradient of x_i.
-                for h in range(H):
-                    acc[h] = R[o, p, h]
-                for j in range(p - 1, 0, -1):
-                    for h in range(H):
-                        acc[h] = R[o, j, h] - xv[h] * acc[h]
-                if o == 0:
-                    for h in range(H):
-                        gi[h] = a[o, b, h] * acc[h]
-                else:
-                    for h in range(H):
-                        gi[h] += a[o, b, h] * acc[h]
+                            gi[h] += a[o, b, h] * (r - xv[h] * acc[h])
             for h in range(H):
                 gx[b, i, h] = gi[h]
         for o in range(orders):
