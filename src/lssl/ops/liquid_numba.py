@@ -80,21 +80,26 @@ def slide(ps, x, b, o, p, add, remove, t_add, t_remove, x_add, x_remove):
 @numba.njit(inline="always")
 def newton(ps, o, p, e):
     """e[1..p] (every feature) from the power sums ps[o, 1..p] by Newton's identities,
-    q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j; e[0] = 1 is set once by the caller."""
+    q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j; e[0] = 1 is set once by the caller. The last
+    term (j = q, e_0 = 1) and the division by q share one pass."""
     H = e.shape[1]
     for h in range(H):
         e[1, h] = ps[o, 1, h]
     for q in range(2, p + 1):
+        inv = 1.0 / q
+        if q == 2:
+            for h in range(H):
+                e[2, h] = (e[1, h] * ps[o, 1, h] - ps[o, 2, h]) * inv
+            continue
         for h in range(H):
             e[q, h] = e[q - 1, h] * ps[o, 1, h] - e[q - 2, h] * ps[o, 2, h]
         sign = 1.0
-        for j in range(3, q + 1):
+        for j in range(3, q):
             for h in range(H):
                 e[q, h] += sign * e[q - j, h] * ps[o, j, h]
             sign = -sign
-        inv = 1.0 / q
         for h in range(H):
-            e[q, h] *= inv
+            e[q, h] = (e[q, h] + sign * ps[o, q, h]) * inv
 
 
 @compile_loops
