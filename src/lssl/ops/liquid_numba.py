@@ -46,35 +46,18 @@ BLOCK = 256
 @numba.njit(inline="always")
 def slide(ps, x, b, o, p, add, remove, t_add, t_remove, x_add, x_remove):
     """ps[o, j] += x[b, add]^j - x[b, remove]^j, j = 1..p, for every feature; add or remove
-    -1: no sample enters or leaves."""
+    -1: no sample enters or leaves (read as 0, whose powers change nothing)."""
     H = x.shape[2]
-    if add >= 0 and remove >= 0:
+    for h in range(H):
+        x_add[h] = x[b, add, h] if add >= 0 else 0.0
+        x_remove[h] = x[b, remove, h] if remove >= 0 else 0.0
+        t_add[h] = x_add[h]
+        t_remove[h] = x_remove[h]
+    for j in range(1, p + 1):
         for h in range(H):
-            x_add[h] = x[b, add, h]
-            x_remove[h] = x[b, remove, h]
-            t_add[h] = x_add[h]
-            t_remove[h] = x_remove[h]
-        for j in range(1, p + 1):
-            for h in range(H):
-                ps[o, j, h] += t_add[h] - t_remove[h]
-                t_add[h] *= x_add[h]
-                t_remove[h] *= x_remove[h]
-    elif add >= 0:
-        for h in range(H):
-            x_add[h] = x[b, add, h]
-            t_add[h] = x_add[h]
-        for j in range(1, p + 1):
-            for h in range(H):
-                ps[o, j, h] += t_add[h]
-                t_add[h] *= x_add[h]
-    elif remove >= 0:
-        for h in range(H):
-            x_remove[h] = x[b, remove, h]
-            t_remove[h] = x_remove[h]
-        for j in range(1, p + 1):
-            for h in range(H):
-                ps[o, j, h] -= t_remove[h]
-                t_remove[h] *= x_remove[h]
+            ps[o, j, h] += t_add[h] - t_remove[h]
+            t_add[h] *= x_add[h]
+            t_remove[h] *= x_remove[h]
 
 
 @numba.njit(inline="always")
