@@ -22,32 +22,24 @@ PLAIN_FLOOR = "plain FFT conv (B=4)"
 Step = Callable[[], None]
 
 
-def floor_step(H: int, L: int) -> Step:
-    """Forward + backward of the causal FFT convolution alone, with a precomputed kernel."""
+def plain_fftconv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """`fftconv` written as plain torch (rfft, product, irfft, autograd's own backward): what an
+    FFT convolution costs without ours. u (B, H, L), K (C, H, L) -> (B, C, H, L)."""
+    L = u.shape[-1]
+    n = 2 * L
+    return torch.fft.irfft(torch.fft.rfft(u, n=n)[:, None] * torch.fft.rfft(K, n=n), n=n)[..., :L]
+
+
+def floor_step(H: int, L: int, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = fftconv) -> Step:
+    """Forward + backward of the causal FFT convolution alone, with a precomputed kernel (`conv`:
+    our `fftconv`, or `plain_fftconv` for the plain-torch reference)."""
     u = torch.randn(BATCH, H, L, requires_grad=True)
     K = torch.randn(1, H, L, requires_grad=True)
     G = torch.randn(BATCH, 1, H, L)
 
     def step():
         u.grad = K.grad = None
-        (fftconv(u, K) * G).sum().backward()
-
-    return step
-
-
-def plain_floor_step(H: int, L: int) -> Step:
-    """The same convolution as `floor_step` written as plain torch (rfft, product, irfft, and
-    autograd's own backward): what an FFT convolution costs without our `fftconv`, a second
-    reference for the layers' ratios."""
-    u = torch.randn(BATCH, H, L, requires_grad=True)
-    K = torch.randn(1, H, L, requires_grad=True)
-    G = torch.randn(BATCH, 1, H, L)
-
-    def step():
-        u.grad = K.grad = None
-        n = 2 * L
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n)[:, None] * torch.fft.rfft(K, n=n), n=n)[..., :L]
-        (y * G).sum().backward()
+        (conv(u, K) * G).sum().backward()
 
     return step
 

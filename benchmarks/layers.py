@@ -34,7 +34,7 @@ from common import (
     interleaved,
     median_ratio,
     peak_memory_mb,
-    plain_floor_step,
+    plain_fftconv,
 )
 
 from lssl import LSSL, S4, S4D, LiquidS4
@@ -100,7 +100,7 @@ def make_step(name: str, H: int, N: int, L: int) -> Step:
     if name == FLOOR:
         return floor_step(H, L)
     if name == PLAIN_FLOOR:
-        return plain_floor_step(H, L)
+        return floor_step(H, L, plain_fftconv)
     return layer_step(LAYERS[name](H, N), L)
 
 
