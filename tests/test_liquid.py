@@ -856,6 +856,13 @@ def test_pb_folds_a_single_channel_k0_into_its_coefficients(f64, backend, bidire
         assert_close(got, want)
 
 
+def _signal(term, u, s, backend):
+    """The PB (windows 4, 3) or KB (degree 3) signal of u (B, H, L) with input sums s (H,)."""
+    if term == "pb":
+        return liquid.pb_signal(u, s, [4, 3], backend=backend)[0]
+    return liquid.kb_signal(u, s, 3, backend=backend)[0]
+
+
 @needs_numba
 @pytest.mark.parametrize("term", TERMS)
 def test_numba_backend_takes_bfloat16(term):
@@ -865,10 +872,7 @@ def test_numba_backend_takes_bfloat16(term):
     s = torch.rand(H)
     outputs = []
     for backend in ("numba", "torch"):
-        if term == "pb":
-            z, _ = liquid.pb_signal(u, s, [4, 3], backend=backend)
-        else:
-            z, _ = liquid.kb_signal(u, s, 3, backend=backend)
+        z = _signal(term, u, s, backend)
         (grad,) = torch.autograd.grad(z.float().square().sum(), u)
         outputs.append((z, grad))
     (z_fast, g_fast), (z_slow, g_slow) = outputs
@@ -883,10 +887,7 @@ def test_torch_signals_refuse_double_backward(term):
     them again raises torch's once_differentiable error."""
     u = torch.randn(2, H, 12, dtype=torch.float64, requires_grad=True)
     s = torch.rand(H, dtype=torch.float64)
-    if term == "pb":
-        z, _ = liquid.pb_signal(u, s, [3], backend="torch")
-    else:
-        z, _ = liquid.kb_signal(u, s, 3, backend="torch")
+    z = _signal(term, u, s, "torch")
     (grad_u,) = torch.autograd.grad(z.square().sum(), u, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_u.sum().backward()
@@ -897,9 +898,6 @@ def test_torch_signals_refuse_double_backward(term):
 def test_numba_signals_refuse_double_backward(term):
     u = torch.randn(2, H, 12, dtype=torch.float64, requires_grad=True)
     s = torch.rand(H, dtype=torch.float64)
-    if term == "pb":
-        z, _ = liquid.pb_signal(u, s, [3], backend="numba")
-    else:
-        z, _ = liquid.kb_signal(u, s, 3, backend="numba")
+    z = _signal(term, u, s, "numba")
     with pytest.raises(RuntimeError, match="backend='numba' computes first derivatives only"):
         torch.autograd.grad(z.sum(), u, create_graph=True)
