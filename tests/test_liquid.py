@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -717,10 +718,11 @@ def test_kb_degree_2_float32_path_at_long_length():
 
 @needs_numba
 @pytest.mark.parametrize("windows", [(3,), (4, 4, 4), (5, 3, 2), (20,)])
-@pytest.mark.parametrize("n", [1, 4, 9, 50])
+@pytest.mark.parametrize("n", [1, 4, 9, 50, 150])
 def test_numba_window_polynomial_equals_torch(f64, windows, n):
     """The compiled sliding sums (in the (B, n, H) layout) against the torch prefix-sum version,
-    values and both gradients; windows longer than the sequence included."""
+    values and both gradients; windows longer than the sequence included, and sequences of
+    several time blocks (`WINDOW_BLOCK`, 64 samples)."""
     from lssl.ops.liquid_numba import WindowPolynomialNumba
 
     x = torch.randn(3, n, 5, requires_grad=True)
@@ -733,6 +735,29 @@ def test_numba_window_polynomial_equals_torch(f64, windows, n):
     # differences leave round-off there, hence an error scale of at least 1.
     for got, want in zip([z, *grads_numba], [expected, *torch.autograd.grad((expected * g).sum(), (x, a))]):
         assert (got - want).abs().max() <= 1e-10 * max(1.0, want.abs().max().item())
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("windows", "n"), [((4, 3), 30), ((40, 2), 150), ((1, 1), 5), ((7, 5, 3), 200)])
+def test_numba_written_out_orders_equal_the_generic_loops(dtype, windows, n):
+    """Orders 2 and 3 run written-out loops (`forward_2`, `backward_3`, ...); the generic loops
+    for any order compute the same arithmetic in the same order: outputs and both gradients agree
+    to the last bit, in either dtype, over several time blocks."""
+    from lssl.ops import liquid_numba
+
+    x = torch.randn(3, n, 6, dtype=dtype).numpy()
+    g = torch.randn(3, n, 6, dtype=dtype).numpy()
+    a = torch.randn(len(windows), 3, 6, dtype=torch.float64).numpy()
+    orders = np.arange(2, len(windows) + 2)
+    results = []
+    for written_out in (False, True):
+        z, gx, ga = np.empty_like(x), np.empty_like(x), np.empty(a.shape)
+        liquid_numba.window_forward(x, a, orders, np.asarray(windows), z, written_out)
+        liquid_numba.window_backward(x, a, orders, np.asarray(windows), g, gx, ga, written_out)
+        results.append((z, gx, ga))
+    for generic, written in zip(*results):
+        assert np.array_equal(generic, written)
 
 
 @needs_numba

@@ -10,8 +10,11 @@ PB (`WindowPolynomialNumba`):
 (zeros before the start), the function of `kernels.liquid.WindowPolynomial`. Where the torch
 version makes a dozen passes over (B, H, L) float64 temporaries (prefix power sums, window
 differences, Newton's identities), this keeps the window power sums in float64 and slides them:
-add x_k^j, subtract x_{k-W}^j, then Newton's identities. The running sums carry the same float64
+add x_k^j, subtract x_{k-W}^j, then Newton's identities, one pass over time per order p (each
+with its own window; each adding to z). The running sums carry the same float64
 round-off as the prefix differences (an outlier's x^p leaves its rounding behind in both).
+Orders 2 and 3 (the paper's degrees) have written-out kernels (`WRITTEN_OUT`) beside the
+generic ones for any p, with the same arithmetic in the same order.
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
@@ -43,140 +46,255 @@ Tensor = torch.Tensor
 BLOCK = 256
 
 
+# Samples per time block of the PB loops: every order runs over a block before the next block,
+# so the block's rows of x, g and the output (64 x H each) are read from cache by all orders.
+WINDOW_BLOCK = 64
+
+
 @numba.njit(inline="always")
-def slide(ps, x, b, o, p, add, remove, t_add, t_remove, x_add, x_remove):
-    """ps[o, j] += x[b, add]^j - x[b, remove]^j, j = 1..p, for every feature; add or remove
-    -1: no sample enters or leaves (read as 0, whose powers change nothing)."""
-    H = x.shape[2]
+def state_rows(p):
+    """Rows of an order's running state (`window_forward`, `window_backward`): 0..p the window
+    power sums (row 0 unused), p+1..2p+1 e_0..e_p, 2p+2..3p+2 R_0..R_p (R_0 unused), 3p+3 the
+    gradient of a_p, then three rows of scratch. The written-out orders use only the power sums,
+    R and the gradient rows."""
+    return 3 * p + 7
+
+
+@numba.njit(inline="always")
+def slide(ps, x_add, x_remove, p, t_add, t_remove):
+    """ps[j] += x_add^j - x_remove^j, j = 1..p, for every feature: the sample x_add (H,) enters
+    the window, x_remove (H,) leaves it (a row of zeros where none does)."""
+    H = x_add.shape[0]
     for h in range(H):
-        x_add[h] = x[b, add, h] if add >= 0 else 0.0
-        x_remove[h] = x[b, remove, h] if remove >= 0 else 0.0
         t_add[h] = x_add[h]
         t_remove[h] = x_remove[h]
     for j in range(1, p + 1):
         for h in range(H):
-            ps[o, j, h] += t_add[h] - t_remove[h]
+            ps[j, h] += t_add[h] - t_remove[h]
             t_add[h] *= x_add[h]
             t_remove[h] *= x_remove[h]
 
 
 @numba.njit(inline="always")
-def newton(ps, o, p, e):
-    """e[1..p] (every feature) from the power sums ps[o, 1..p] by Newton's identities,
+def newton(ps, p, e):
+    """e[1..p] (every feature) from the power sums ps[1..p] by Newton's identities,
     q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j; e[0] = 1 is set once by the caller. The last
     term (j = q, e_0 = 1) and the division by q share one pass."""
     H = e.shape[1]
     for h in range(H):
-        e[1, h] = ps[o, 1, h]
+        e[1, h] = ps[1, h]
     for q in range(2, p + 1):
         inv = 1.0 / q
         if q == 2:
             for h in range(H):
-                e[2, h] = (e[1, h] * ps[o, 1, h] - ps[o, 2, h]) * inv
+                e[2, h] = (e[1, h] * ps[1, h] - ps[2, h]) * inv
             continue
         for h in range(H):
-            e[q, h] = e[q - 1, h] * ps[o, 1, h] - e[q - 2, h] * ps[o, 2, h]
+            e[q, h] = e[q - 1, h] * ps[1, h] - e[q - 2, h] * ps[2, h]
         sign = 1.0
         for j in range(3, q):
             for h in range(H):
-                e[q, h] += sign * e[q - j, h] * ps[o, j, h]
+                e[q, h] += sign * e[q - j, h] * ps[j, h]
             sign = -sign
         for h in range(H):
-            e[q, h] = (e[q, h] + sign * ps[o, q, h]) * inv
+            e[q, h] = (e[q, h] + sign * ps[q, h]) * inv
+
+
+# One time block of one order, forward: z[b, k] += a_b e_p(window at k), k = k0..k1-1, from the
+# state st (`state_rows`) at k0 - 1. `forward_any` is the generic order; `forward_2`, `forward_3`
+# the orders of the paper's degrees (P <= 3) written out: one loop over the features per sample
+# with a feature's sums in registers, where the generic one runs a loop per power and per step of
+# Newton's identities, each streaming its operands through memory (1.5-3x slower at p = 2, 3).
+# Same arithmetic in the same order, so the two agree to the last bit (the tests hold them
+# together).
+
+
+@numba.njit(inline="always")
+def forward_any(x, b, k0, k1, p, W, a_b, z, st, zero):
+    e, t_add, t_remove = st[p + 1 : 2 * p + 2], st[3 * p + 4], st[3 * p + 5]
+    H = x.shape[2]
+    for k in range(k0, k1):
+        slide(st, x[b, k], x[b, k - W] if k >= W else zero, p, t_add, t_remove)
+        newton(st, p, e)
+        z_k = z[b, k]
+        for h in range(H):
+            z_k[h] += a_b[h] * e[p, h]
+
+
+@numba.njit(inline="always")
+def forward_2(x, b, k0, k1, W, a_b, z, st, zero):
+    H = x.shape[2]
+    for k in range(k0, k1):
+        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        for h in range(H):
+            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
+            p1 = st[1, h] + (u - v)
+            p2 = st[2, h] + (u * u - v * v)
+            st[1, h] = p1
+            st[2, h] = p2
+            z_k[h] += a_b[h] * ((p1 * p1 - p2) * 0.5)
+
+
+@numba.njit(inline="always")
+def forward_3(x, b, k0, k1, W, a_b, z, st, zero):
+    H = x.shape[2]
+    for k in range(k0, k1):
+        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        for h in range(H):
+            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
+            p1 = st[1, h] + (u - v)
+            p2 = st[2, h] + (u * u - v * v)
+            p3 = st[3, h] + (u * u * u - v * v * v)
+            st[1, h] = p1
+            st[2, h] = p2
+            st[3, h] = p3
+            e2 = (p1 * p1 - p2) * 0.5
+            z_k[h] += a_b[h] * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
 
 
 @compile_loops
-def window_forward(x, a, windows, z):
-    """x (B, n, H); a (P-1, B, H) float64; windows (P-1,) int64; z (B, n, H) out."""
+def window_forward(x, a, orders, windows, z, written_out):
+    """z = sum_o a[o] e_{p_o}(the causal window of the last W_o samples of x). x, z (B, n, H);
+    a (O, B, H) float64; orders, windows (O,) int64; written_out: use `forward_2`, `forward_3`
+    for those orders (False: `forward_any` for every order, the tests' reference)."""
     B, n, H = x.shape
-    orders = windows.shape[0]
     for b in numba.prange(B):
-        ps = np.zeros((orders, orders + 2, H))
-        e = np.ones((orders + 2, H))
-        t_add, t_remove, x_add, x_remove = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
-        zk = np.empty(H)
-        for k in range(n):
-            for o in range(orders):
-                p, W = o + 2, windows[o]
-                slide(ps, x, b, o, p, k, k - W, t_add, t_remove, x_add, x_remove)
-                newton(ps, o, p, e)
-                if o == 0:
-                    for h in range(H):
-                        zk[h] = a[o, b, h] * e[p, h]
+        states = [np.zeros((state_rows(p), H)) for p in orders]
+        for o in range(len(orders)):
+            states[o][orders[o] + 1] = 1.0  # e_0
+        zero = np.zeros_like(x[b, 0])
+        for k0 in range(0, n, WINDOW_BLOCK):
+            k1 = min(n, k0 + WINDOW_BLOCK)
+            z[b, k0:k1] = 0.0
+            for o in range(len(orders)):
+                p, W, st = orders[o], windows[o], states[o]
+                if written_out and p == 2:
+                    forward_2(x, b, k0, k1, W, a[o, b], z, st, zero)
+                elif written_out and p == 3:
+                    forward_3(x, b, k0, k1, W, a[o, b], z, st, zero)
                 else:
-                    for h in range(H):
-                        zk[h] += a[o, b, h] * e[p, h]
+                    forward_any(x, b, k0, k1, p, W, a[o, b], z, st, zero)
+
+
+# One time block of one order, backward, i = i1-1 down to i0, from the state st at the window
+# k = i1 - 1: gx[b, i] += a_b sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum_{k=i..i+W-1} g_k
+# e_{p-j}(k), kept as running sums: sample i's terms enter R and wait in the ring buffer of the
+# last `slots` samples (row slot * p + j - 1) until they leave it. The ring starts at zero: a
+# slot is read before its first write exactly while no sample has left the window yet, so
+# subtracting it then subtracts 0. The gradient of a_p, sum_k g_k e_p(k), accumulates in its row.
+
+
+@numba.njit(inline="always")
+def backward_any(x, b, i0, i1, p, W, a_b, g, gx, st, ring, zero):
+    e, R, t_add, t_remove, acc = st[p + 1 : 2 * p + 2], st[2 * p + 2 : 3 * p + 3], st[3 * p + 4], st[3 * p + 5], st[3 * p + 6]
+    g_sum = st[3 * p + 3]
+    H, slots = x.shape[2], ring.shape[0] // p
+    for i in range(i1 - 1, i0 - 1, -1):
+        newton(st, p, e)
+        x_i, g_i, gx_i = x[b, i], g[b, i], gx[b, i]
+        row = (i % slots) * p
+        # R_j gains sample i's term and loses sample i + W's, in the slot that sample i's term
+        # takes over; descending j, Horner's sum in the same pass.
+        for j in range(p, 0, -1):
+            ring_j, R_j, e_j = ring[row + j - 1], R[j], e[p - j]
             for h in range(H):
-                z[b, k, h] = zk[h]
+                term = g_i[h] * e_j[h]
+                r = R_j[h] + term - ring_j[h]
+                R_j[h] = r
+                ring_j[h] = term
+                acc[h] = r if j == p else r - x_i[h] * acc[h]
+        for h in range(H):
+            g_sum[h] += g_i[h] * e[p, h]
+            gx_i[h] += a_b[h] * acc[h]
+        slide(st, x[b, i - W] if i >= W else zero, x_i, p, t_add, t_remove)  # the window at i - 1
+
+
+@numba.njit(inline="always")
+def backward_2(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
+    H, slots = x.shape[2], ring.shape[0] // 2
+    for i in range(i1 - 1, i0 - 1, -1):
+        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        ring1, ring2 = ring[2 * (i % slots)], ring[2 * (i % slots) + 1]
+        for h in range(H):
+            p1, p2, gk, xv = st[1, h], st[2, h], np.float64(g_i[h]), np.float64(x_i[h])
+            t1 = gk * p1  # g e_1; g e_0 = g
+            r1 = st[7, h] + t1 - ring1[h]
+            r2 = st[8, h] + gk - ring2[h]
+            st[7, h] = r1
+            st[8, h] = r2
+            ring1[h] = t1
+            ring2[h] = gk
+            st[9, h] += gk * ((p1 * p1 - p2) * 0.5)
+            gx_i[h] += a_b[h] * (r1 - xv * r2)
+            u = np.float64(x_add[h])
+            st[1, h] = p1 + (u - xv)
+            st[2, h] = p2 + (u * u - xv * xv)
+
+
+@numba.njit(inline="always")
+def backward_3(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
+    H, slots = x.shape[2], ring.shape[0] // 3
+    for i in range(i1 - 1, i0 - 1, -1):
+        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        row = 3 * (i % slots)
+        ring1, ring2, ring3 = ring[row], ring[row + 1], ring[row + 2]
+        for h in range(H):
+            p1, p2, p3, gk, xv = st[1, h], st[2, h], st[3, h], np.float64(g_i[h]), np.float64(x_i[h])
+            e2 = (p1 * p1 - p2) * 0.5
+            t1 = gk * e2  # g e_2; g e_1 = g p_1; g e_0 = g
+            t2 = gk * p1
+            r1 = st[9, h] + t1 - ring1[h]
+            r2 = st[10, h] + t2 - ring2[h]
+            r3 = st[11, h] + gk - ring3[h]
+            st[9, h] = r1
+            st[10, h] = r2
+            st[11, h] = r3
+            ring1[h] = t1
+            ring2[h] = t2
+            ring3[h] = gk
+            st[12, h] += gk * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
+            gx_i[h] += a_b[h] * (r1 - xv * (r2 - xv * r3))
+            u = np.float64(x_add[h])
+            st[1, h] = p1 + (u - xv)
+            st[2, h] = p2 + (u * u - xv * xv)
+            st[3, h] = p3 + (u * u * u - xv * xv * xv)
 
 
 @compile_loops
-def window_backward(x, a, windows, g, gx, ga):
-    """g (B, n, H) the gradient of z; gx (B, n, H) and ga (P-1, B, H) float64 out."""
+def window_backward(x, a, orders, windows, g, gx, ga, written_out):
+    """The gradients of `window_forward`: g (B, n, H) that of z; gx (B, n, H) that of x and
+    ga (O, B, H) float64 that of a, out."""
     B, n, H = x.shape
-    orders = windows.shape[0]
-    # Ring buffers of g_k e_{p-j}(k), j = 1..p, over the last min(W, n) samples of every order,
-    # stacked in one array: order o starts at row start[o] and has rows (slot * p + j - 1).
-    start = np.zeros(orders + 1, dtype=np.int64)
-    for o in range(orders):
-        start[o + 1] = start[o] + min(windows[o], n) * (o + 2)
     for b in numba.prange(B):
-        top = orders + 2
-        ps = np.zeros((orders, top, H))  # window power sums at k = i
-        R = np.zeros((orders, top, H))  # R[o, j] = sum_{k=i..i+W-1} g_k e_{p-j}(k)
-        ring = np.empty((start[orders], H))
-        e = np.ones((top, H))
-        t_add, t_remove, x_add, x_remove = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
-        acc, xv, gi, gk = np.empty(H), np.empty(H), np.empty(H), np.empty(H)
-        gsum = np.zeros((orders, H))  # sum_k g_k e_p(k), the gradient of a_p
-        for o in range(orders):  # the window state at k = n - 1, summed directly
-            for k in range(max(0, n - windows[o]), n):
-                slide(ps, x, b, o, o + 2, k, -1, t_add, t_remove, x_add, x_remove)
-        for i in range(n - 1, -1, -1):
+        states = [np.zeros((state_rows(p), H)) for p in orders]
+        rings = [np.zeros((min(W, n) * p, H)) for p, W in zip(orders, windows)]
+        zero = np.zeros_like(x[b, 0])
+        for o in range(len(orders)):
+            p, st = orders[o], states[o]
+            st[p + 1] = 1.0  # e_0
+            for k in range(max(0, n - windows[o]), n):  # the window at k = n - 1, summed directly
+                x_k = x[b, k]
+                for h in range(H):
+                    u = np.float64(x_k[h])
+                    power = u
+                    for j in range(1, p + 1):
+                        st[j, h] += power
+                        power *= u
+        for i1 in range(n, 0, -WINDOW_BLOCK):
+            i0 = max(0, i1 - WINDOW_BLOCK)
+            gx[b, i0:i1] = 0.0
+            for o in range(len(orders)):
+                p, W, st, ring = orders[o], windows[o], states[o], rings[o]
+                if written_out and p == 2:
+                    backward_2(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                elif written_out and p == 3:
+                    backward_3(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                else:
+                    backward_any(x, b, i0, i1, p, W, a[o, b], g, gx, st, ring, zero)
+        for o in range(len(orders)):
+            ga_ob = ga[o, b]
             for h in range(H):
-                gk[h] = g[b, i, h]
-                xv[h] = x[b, i, h]
-                gi[h] = 0.0
-            for o in range(orders):
-                p, W = o + 2, windows[o]
-                if i < n - 1:  # slide the window from k = i + 1 to k = i
-                    slide(ps, x, b, o, p, i + 1 - W, i + 1, t_add, t_remove, x_add, x_remove)
-                newton(ps, o, p, e)
-                # R_j gains sample i's term g_i e_{p-j}(i) and, once i + W < n, loses sample
-                # i + W's, which sits in the ring slot that sample i's term takes over. Fused into
-                # the same passes, descending j: Horner's a_p sum_j (-x_i)^{j-1} R_j, and (at
-                # j = p) the gradient of a_p, sum_k g_k e_p(k).
-                row = start[o] + (i % min(W, n)) * p
-                leaving = i + W <= n - 1
-                for j in range(p, 0, -1):
-                    slot = row + j - 1
-                    if j == p:
-                        for h in range(H):
-                            gsum[o, h] += gk[h] * e[p, h]
-                            term = gk[h]  # e_0 = 1
-                            r = R[o, j, h] + term - (ring[slot, h] if leaving else 0.0)
-                            R[o, j, h] = r
-                            ring[slot, h] = term
-                            acc[h] = r
-                    elif j > 1:
-                        for h in range(H):
-                            term = gk[h] * e[p - j, h]
-                            r = R[o, j, h] + term - (ring[slot, h] if leaving else 0.0)
-                            R[o, j, h] = r
-                            ring[slot, h] = term
-                            acc[h] = r - xv[h] * acc[h]
-                    else:
-                        for h in range(H):
-                            term = gk[h] * e[p - 1, h]
-                            r = R[o, 1, h] + term - (ring[slot, h] if leaving else 0.0)
-                            R[o, 1, h] = r
-                            ring[slot, h] = term
-                            gi[h] += a[o, b, h] * (r - xv[h] * acc[h])
-            for h in range(H):
-                gx[b, i, h] = gi[h]
-        for o in range(orders):
-            for h in range(H):
-                ga[o, b, h] = gsum[o, h]
+                ga_ob[h] = states[o][3 * orders[o] + 3, h]
 
 
 @numba.njit(inline="always")
@@ -278,18 +396,19 @@ def prefix_backward(x, c, g, t, gx, gc):
 
 class WindowPolynomialNumba(torch.autograd.Function):
     """z (B, n, H) = sum_p a_p e_p(causal window W_p of x) for x (B, n, H) on the CPU, a (P-1, H),
-    windows (W_2, ..., W_P); float64 inside, x's dtype out (half precision runs the float32
-    loops); only x (as the loops read it) is saved for the backward."""
+    windows (W_2, ..., W_P), one pass over time per order; float64 inside, x's dtype out (half
+    precision runs the float32 loops); only x (as the loops read it) is saved for the backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, windows: tuple[int, ...]) -> Tensor:
         match_threads()
         xw = loop_input(x)
         coeff = a.detach().double()[:, None].expand(-1, x.shape[0], -1).contiguous()  # (P-1, B, H)
+        orders = np.arange(2, len(windows) + 2, dtype=np.int64)
         w = np.asarray(windows, dtype=np.int64)
         z = torch.empty_like(xw)
-        window_forward(xw.numpy(), coeff.numpy(), w, z.numpy())
-        ctx.windows, ctx.dtype, ctx.coeff = w, x.dtype, coeff
+        window_forward(xw.numpy(), coeff.numpy(), orders, w, z.numpy(), True)
+        ctx.orders, ctx.windows, ctx.dtype, ctx.coeff = orders, w, x.dtype, coeff
         ctx.save_for_backward(xw, a)
         return z.to(x.dtype)
 
@@ -301,7 +420,9 @@ class WindowPolynomialNumba(torch.autograd.Function):
         g = grad_z.to(xw.dtype).contiguous()
         grad_x = torch.empty_like(xw)
         grad_coeff = torch.empty(ctx.coeff.shape, dtype=torch.float64)
-        window_backward(xw.numpy(), ctx.coeff.numpy(), ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy())
+        window_backward(
+            xw.numpy(), ctx.coeff.numpy(), ctx.orders, ctx.windows, g.numpy(), grad_x.numpy(), grad_coeff.numpy(), True
+        )
         return grad_x.to(ctx.dtype), grad_coeff.sum(1).to(a.dtype), None
 
 

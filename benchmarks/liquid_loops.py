@@ -1,0 +1,77 @@
+"""Liquid-S4 PB loops (backend="numba"): forward + backward time of the window polynomial
+z = sum_p a_p e_p(causal window W_p) in the (B, L, H) layout, with the written-out loops of
+orders 2 and 3 against the generic loops for any order (`window_forward(..., written_out=False)`),
+interleaved in one process, ratios taken within each round. The windows are the default rule's
+for the sequence length. Needs numba.
+
+    python benchmarks/liquid_loops.py [--repeats 15] [--out benchmarks/liquid_loops.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+from common import BATCH, interleaved, median_ratio
+
+from lssl.kernels.liquid import default_window
+from lssl.ops import liquid_numba
+
+SHAPES = [(128, 1024), (128, 4096), (128, 16000)]
+
+
+def loops_step(x: np.ndarray, a: np.ndarray, windows: np.ndarray, g: np.ndarray, written_out: bool):
+    """Forward and backward loops of one PB signal, as `WindowPolynomialNumba` runs them."""
+    orders = np.arange(2, len(windows) + 2)
+    z, gx, ga = np.empty_like(x), np.empty_like(x), np.empty(a.shape)
+
+    def step():
+        liquid_numba.window_forward(x, a, orders, windows, z, written_out)
+        liquid_numba.window_backward(x, a, orders, windows, g, gx, ga, written_out)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    rows = []
+    for H, L in SHAPES:
+        for P in (2, 3, 4):
+            windows = np.array([default_window(L, p) for p in range(2, P + 1)])
+            x = torch.randn(BATCH, L, H).numpy()
+            g = torch.randn(BATCH, L, H).numpy()
+            a = torch.randn(P - 1, BATCH, H, dtype=torch.float64).numpy()
+            steps = {"generic": loops_step(x, a, windows, g, False), "written out": loops_step(x, a, windows, g, True)}
+            rounds, _ = interleaved(steps, args.repeats)
+            ms = {name: 1e3 * statistics.median(t) for name, t in rounds.items()}
+            ratio = median_ratio(rounds, "written out", "generic")
+            rows.append(
+                f"| {P} | {', '.join(map(str, windows))} | {H} | {L} | {ms['generic']:.2f} | {ms['written out']:.2f} "
+                f"| {ratio:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    table = "\n".join(
+        [
+            f"numba {numba.__version__}, 2 threads, float32 input, batch {BATCH}, median of {args.repeats}.",
+            "",
+            "| P | windows | H | L | generic loops (ms) | written out (ms) | ratio |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print("\n" + table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
