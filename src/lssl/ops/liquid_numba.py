@@ -10,11 +10,11 @@ PB (`WindowPolynomialNumba`):
 (zeros before the start), the function of `kernels.liquid.WindowPolynomial`. Where the torch
 version makes a dozen passes over (B, H, L) float64 temporaries (prefix power sums, window
 differences, Newton's identities), this keeps the window power sums in float64 and slides them:
-add x_k^j, subtract x_{k-W}^j, then Newton's identities, one pass over time per order p (each
-with its own window; each adding to z). The running sums carry the same float64
-round-off as the prefix differences (an outlier's x^p leaves its rounding behind in both).
-Orders 2 and 3 (the paper's degrees) have written-out kernels (`WRITTEN_OUT`) beside the
-generic ones for any p, with the same arithmetic in the same order.
+add x_k^j, subtract x_{k-W}^j, then Newton's identities, each order p with its own window and
+state, all orders over one time block (`WINDOW_BLOCK`) before the next. The running sums carry
+the same float64 round-off as the prefix differences (an outlier's x^p leaves its rounding
+behind in both). Orders 2 and 3 (the paper's degrees) have written-out loops (`forward_2`,
+`backward_3`, ...) beside the generic ones for any p, with the same arithmetic in the same order.
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
