@@ -3,6 +3,7 @@ global batch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from lssl import config
-from lssl.train import checkpoint, fit
+from lssl.train import checkpoint, fit, loop
 
 from .helpers import rel_err, toy_spec
 
@@ -56,3 +57,35 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-10)
         assert row_two["val_loss"] == pytest.approx(row_one["val_loss"], rel=1e-10)
     assert not torch.equal(one["rng.torch.0"], two["rng.torch.1"])  # every process's RNG state is kept
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_process_group_leaves_the_group_it_joined(monkeypatch, fails):
+    """Under torchrun the group is joined for the run and left afterwards: after a finished run
+    only once the wrapper is collected and every rank is past a barrier (a group left open, or
+    destroyed under a live DDP wrapper, sometimes aborts the process at exit); after a failed
+    run at once, with no barrier that the other ranks might never reach."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend: calls.append(f"init {backend}"))
+    monkeypatch.setattr(loop.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(loop.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(loop.gc, "collect", lambda: calls.append("collect"))
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with loop.process_group("cpu") as procs:
+            assert (procs.world, procs.rank) == (2, 1) and calls == ["init gloo"]
+            if fails:
+                raise RuntimeError("a failed run")
+    assert calls == ["init gloo", "destroy"] if fails else ["init gloo", "collect", "barrier", "destroy"]
+
+
+def test_process_group_leaves_an_existing_group_alone(monkeypatch):
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(loop.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    with loop.process_group("cpu"):
+        pass
+    assert calls == []
