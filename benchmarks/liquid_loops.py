@@ -2,7 +2,9 @@
 z = sum_p a_p e_p(causal window W_p) in the (B, L, H) layout, with the written-out loops of
 orders 2 and 3 against the generic loops for any order (`window_forward(..., written_out=False)`),
 interleaved in one process, ratios taken within each round. The windows are the default rule's
-for the sequence length. Needs numba.
+for the sequence length. A second table times the whole liquid signals as the layer computes
+them (`pb_signal`, `kb_signal`: input (B, H, L) as a view of the layer's (B, L, H) input,
+gradients to the input and to s) with backend="torch" against backend="numba". Needs numba.
 
     python benchmarks/liquid_loops.py [--repeats 15] [--out benchmarks/liquid_loops.md]
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from common import BATCH, interleaved, median_ratio
 
-from lssl.kernels.liquid import default_window
+from lssl.kernels.liquid import default_window, kb_signal, pb_signal
 from lssl.ops import liquid_numba
 
 SHAPES = [(128, 1024), (128, 4096), (128, 16000)]
@@ -34,6 +36,40 @@ def loops_step(x: np.ndarray, a: np.ndarray, windows: np.ndarray, g: np.ndarray,
         liquid_numba.window_backward(x, a, orders, windows, g, gx, ga, written_out)
 
     return step
+
+
+def signal_step(liquid: str, u: torch.Tensor, s: torch.Tensor, P: int, g: torch.Tensor, backend: str):
+    """Forward and backward of one liquid signal (PB's z or KB's w) as the layer runs it."""
+    windows = [default_window(u.shape[-1], p) for p in range(2, P + 1)]
+
+    def step():
+        u.grad, s.grad = None, None
+        if liquid == "pb":
+            out, _ = pb_signal(u, s, windows, backend=backend)
+        else:
+            out, _ = kb_signal(u, s, P, backend=backend)
+        (out * g).sum().backward()
+
+    return step
+
+
+def signal_rows(repeats: int) -> list[str]:
+    """The torch backend's signals against the numba backend's, interleaved."""
+    rows = []
+    for H, L in SHAPES:
+        for liquid in ("pb", "kb"):
+            for P in (2, 3, 4):
+                # u and the output's gradient g (B, H, L) are views of (B, L, H), as in the layer.
+                u = torch.randn(BATCH, L, H).transpose(1, 2).requires_grad_()
+                s = (0.1 * torch.randn(H)).requires_grad_()
+                g = torch.randn(BATCH, L, H).transpose(1, 2)
+                steps = {backend: signal_step(liquid, u, s, P, g, backend) for backend in ("torch", "numba")}
+                rounds, _ = interleaved(steps, repeats)
+                ms = {name: 1e3 * statistics.median(t) for name, t in rounds.items()}
+                ratio = median_ratio(rounds, "numba", "torch")
+                rows.append(f"| {liquid.upper()} | {P} | {H} | {L} | {ms['torch']:.1f} | {ms['numba']:.1f} | {ratio:.2f} |")
+                print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
@@ -59,13 +95,23 @@ def main() -> None:
                 f"| {ratio:.2f} |"
             )
             print(rows[-1], flush=True)
+    signals = signal_rows(args.repeats)
     table = "\n".join(
         [
-            f"numba {numba.__version__}, 2 threads, float32 input, batch {BATCH}, median of {args.repeats}.",
+            f"numba {numba.__version__}, torch {torch.__version__}, 2 threads, float32 input, batch {BATCH}, "
+            f"median of {args.repeats}.",
+            "",
+            "PB loops, forward + backward:",
             "",
             "| P | windows | H | L | generic loops (ms) | written out (ms) | ratio |",
             "|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Liquid signals as the layer computes them, forward + backward (gradients to the input and s):",
+            "",
+            "| liquid | P | H | L | backend torch (ms) | backend numba (ms) | ratio |",
+            "|---|---|---|---|---|---|---|",
+            *signals,
         ]
     )
     print("\n" + table)
