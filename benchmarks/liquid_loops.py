@@ -1,6 +1,6 @@
 """Liquid-S4 PB loops (backend="numba"): forward + backward time of the window polynomial
 z = sum_p a_p e_p(causal window W_p) in the (B, L, H) layout, with the written-out loops of
-orders 2 and 3 against the generic loops for any order (`window_forward(..., written_out=False)`),
+orders 2 to 4 against the generic loops for any order (`window_forward(..., written_out=False)`),
 interleaved in one process, ratios taken within each round. The windows are the default rule's
 for the sequence length. A second table times the whole liquid signals as the layer computes
 them (`pb_signal`, `kb_signal`: input (B, H, L) as a view of the layer's (B, L, H) input,

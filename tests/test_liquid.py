@@ -739,11 +739,14 @@ def test_numba_window_polynomial_equals_torch(f64, windows, n):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("windows", "n"), [((4, 3), 30), ((40, 2), 150), ((1, 1), 5), ((7, 5, 3), 200)])
+@pytest.mark.parametrize(
+    ("windows", "n"), [((4, 3), 30), ((40, 2), 150), ((1, 1), 5), ((7, 5, 3), 200), ((9, 6, 4, 5), 140), ((2, 2, 2), 7)]
+)
 def test_numba_written_out_orders_equal_the_generic_loops(dtype, windows, n):
-    """Orders 2 and 3 run written-out loops (`forward_2`, `backward_3`, ...); the generic loops
+    """Orders 2 to 4 run written-out loops (`forward_2`, `backward_4`, ...); the generic loops
     for any order compute the same arithmetic in the same order: outputs and both gradients agree
-    to the last bit, in either dtype, over several time blocks."""
+    to the last bit, in either dtype, over several time blocks (order 5 runs the generic loops
+    either way, beside written-out ones)."""
     from lssl.ops import liquid_numba
 
     x = torch.randn(3, n, 6, dtype=dtype).numpy()

@@ -13,8 +13,9 @@ differences, Newton's identities), this keeps the window power sums in float64 a
 add x_k^j, subtract x_{k-W}^j, then Newton's identities, each order p with its own window and
 state, all orders over one time block (`WINDOW_BLOCK`) before the next. The running sums carry
 the same float64 round-off as the prefix differences (an outlier's x^p leaves its rounding
-behind in both). Orders 2 and 3 (the paper's degrees) have written-out loops (`forward_2`,
-`backward_3`, ...) beside the generic ones for any p, with the same arithmetic in the same order.
+behind in both). Orders 2 to 4 have written-out loops (`forward_2` .. `forward_4`,
+`backward_2` .. `backward_4`) beside the generic ones for any p, with the same arithmetic in the
+same order.
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
@@ -101,10 +102,10 @@ def newton(ps, p, e):
 
 
 # One time block of one order, forward: z[b, k] += a_b e_p(window at k), k = k0..k1-1, from the
-# state st (`state_rows`) at k0 - 1. `forward_any` is the generic order; `forward_2`, `forward_3`
-# the orders of the paper's degrees (P <= 3) written out: one loop over the features per sample
-# with a feature's sums in registers, where the generic one runs a loop per power and per step of
-# Newton's identities, each streaming its operands through memory (1.5-3x slower at p = 2, 3).
+# state st (`state_rows`) at k0 - 1. `forward_any` is the generic order; `forward_2` ..
+# `forward_4` the orders up to the benchmarked degrees (P <= 4) written out: one loop over the
+# features per sample with a feature's sums in registers, where the generic one runs a loop per
+# power and per step of Newton's identities, each streaming its operands through memory.
 # Same arithmetic in the same order, so the two agree to the last bit (the tests hold them
 # together).
 
@@ -152,10 +153,30 @@ def forward_3(x, b, k0, k1, W, a_b, z, st, zero):
             z_k[h] += a_b[h] * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
 
 
+@numba.njit(inline="always")
+def forward_4(x, b, k0, k1, W, a_b, z, st, zero):
+    H = x.shape[2]
+    for k in range(k0, k1):
+        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        for h in range(H):
+            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
+            p1 = st[1, h] + (u - v)
+            p2 = st[2, h] + (u * u - v * v)
+            p3 = st[3, h] + (u * u * u - v * v * v)
+            p4 = st[4, h] + (u * u * u * u - v * v * v * v)
+            st[1, h] = p1
+            st[2, h] = p2
+            st[3, h] = p3
+            st[4, h] = p4
+            e2 = (p1 * p1 - p2) * 0.5
+            e3 = (e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0)
+            z_k[h] += a_b[h] * ((e3 * p1 - e2 * p2 + p1 * p3 - p4) * 0.25)
+
+
 @compile_loops
 def window_forward(x, a, orders, windows, z, written_out):
     """z = sum_o a[o] e_{p_o}(the causal window of the last W_o samples of x). x, z (B, n, H);
-    a (O, B, H) float64; orders, windows (O,) int64; written_out: use `forward_2`, `forward_3`
+    a (O, B, H) float64; orders, windows (O,) int64; written_out: use `forward_2` .. `forward_4`
     for those orders (False: `forward_any` for every order, the tests' reference)."""
     B, n, H = x.shape
     for b in numba.prange(B):
@@ -172,6 +193,8 @@ def window_forward(x, a, orders, windows, z, written_out):
                     forward_2(x, b, k0, k1, W, a[o, b], z, st, zero)
                 elif written_out and p == 3:
                     forward_3(x, b, k0, k1, W, a[o, b], z, st, zero)
+                elif written_out and p == 4:
+                    forward_4(x, b, k0, k1, W, a[o, b], z, st, zero)
                 else:
                     forward_any(x, b, k0, k1, p, W, a[o, b], z, st, zero)
 
@@ -260,6 +283,47 @@ def backward_3(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
             st[3, h] = p3 + (u * u * u - xv * xv * xv)
 
 
+@numba.njit(inline="always")
+def backward_4(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
+    # The window slides in a second loop over the features: in one loop with the rest (as in
+    # `backward_3`) the compiler left it scalar, as slow as the generic loops.
+    H, slots = x.shape[2], ring.shape[0] // 4
+    for i in range(i1 - 1, i0 - 1, -1):
+        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        row = 4 * (i % slots)
+        ring1, ring2, ring3, ring4 = ring[row], ring[row + 1], ring[row + 2], ring[row + 3]
+        ps1, ps2, ps3, ps4 = st[1], st[2], st[3], st[4]
+        R1, R2, R3, R4, g_sum = st[11], st[12], st[13], st[14], st[15]
+        for h in range(H):
+            p1, p2, p3, p4 = ps1[h], ps2[h], ps3[h], ps4[h]
+            gk, xv = np.float64(g_i[h]), np.float64(x_i[h])
+            e2 = (p1 * p1 - p2) * 0.5
+            e3 = (e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0)
+            t1 = gk * e3  # g e_3; g e_2; g e_1 = g p_1; g e_0 = g
+            t2 = gk * e2
+            t3 = gk * p1
+            r1 = R1[h] + t1 - ring1[h]
+            r2 = R2[h] + t2 - ring2[h]
+            r3 = R3[h] + t3 - ring3[h]
+            r4 = R4[h] + gk - ring4[h]
+            R1[h] = r1
+            R2[h] = r2
+            R3[h] = r3
+            R4[h] = r4
+            ring1[h] = t1
+            ring2[h] = t2
+            ring3[h] = t3
+            ring4[h] = gk
+            g_sum[h] += gk * ((e3 * p1 - e2 * p2 + p1 * p3 - p4) * 0.25)
+            gx_i[h] += a_b[h] * (r1 - xv * (r2 - xv * (r3 - xv * r4)))
+        for h in range(H):
+            u, xv = np.float64(x_add[h]), np.float64(x_i[h])
+            ps1[h] += u - xv
+            ps2[h] += u * u - xv * xv
+            ps3[h] += u * u * u - xv * xv * xv
+            ps4[h] += u * u * u * u - xv * xv * xv * xv
+
+
 @compile_loops
 def window_backward(x, a, orders, windows, g, gx, ga, written_out):
     """The gradients of `window_forward`: g (B, n, H) that of z; gx (B, n, H) that of x and
@@ -289,6 +353,8 @@ def window_backward(x, a, orders, windows, g, gx, ga, written_out):
                     backward_2(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
                 elif written_out and p == 3:
                     backward_3(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                elif written_out and p == 4:
+                    backward_4(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
                 else:
                     backward_any(x, b, i0, i1, p, W, a[o, b], g, gx, st, ring, zero)
         for o in range(len(orders)):
