@@ -1,7 +1,6 @@
 """lssl.data.images, .listops, .pathfinder: original-format readers on written files and the generators."""
 
 import pickle
-import random
 
 import numpy as np
 import pytest

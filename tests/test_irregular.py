@@ -7,8 +7,6 @@ import torch
 from lssl import SequenceModel
 from lssl.kernels import reference
 from lssl.kernels.base import full
-from lssl.kernels.diag import DiagKernel
-from lssl.kernels.dplr import DPLRKernel
 from lssl.layer import LSSL, S4, S4D
 from lssl.ops.scan import linear_scan, linear_scan_naive
 

@@ -225,7 +225,7 @@ class DiagKernel(SSMKernel):
         """The half state x_{L-1} = A_bar^L x0 + sum_l A_bar^{L-1-l} B_bar u_l (B, H, N/2)
         complex after the input u (B, L, H), from `state` x0 (B, H, N/2) (None: zeros)."""
         check_positive("rate", rate)
-        A_bar, B_bar, log_A = self._discretize(rate)
+        _, B_bar, log_A = self._discretize(rate)
         x = B_bar * vandermonde_transpose(u.flip(1).transpose(1, 2), log_A)  # (B, H, N/2)
         if state is not None:
             x = x + torch.exp(u.shape[1] * log_A) * state

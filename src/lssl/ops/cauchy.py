@@ -111,7 +111,7 @@ def cauchy(v: Tensor, mu: Tensor, a: Tensor, c: Tensor, chunk: int | None = None
     Returns:
         (S, H, K) complex, equal to `cauchy_naive(v, mu, a, c)`.
     """
-    S, H, N = v.shape
+    _, H, N = v.shape
     return _Cauchy.apply(v, mu, a, c, _chunk(H, N, a.shape[0], chunk))
 
 
