@@ -29,6 +29,7 @@ run: venv
 bench: venv
 	$(PY) benchmarks/kernels.py --out benchmarks/kernels.md
 	$(PY) benchmarks/layers.py --out benchmarks/layers.md
+	$(PY) benchmarks/liquid_loops.py --out benchmarks/liquid_loops.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
