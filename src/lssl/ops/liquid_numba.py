@@ -337,13 +337,7 @@ def window_backward(x, a, orders, windows, g, gx, ga, written_out):
             p, st = orders[o], states[o]
             st[p + 1] = 1.0  # e_0
             for k in range(max(0, n - windows[o]), n):  # the window at k = n - 1, summed directly
-                x_k = x[b, k]
-                for h in range(H):
-                    u = np.float64(x_k[h])
-                    power = u
-                    for j in range(1, p + 1):
-                        st[j, h] += power
-                        power *= u
+                slide(st, x[b, k], zero, p, st[3 * p + 4], st[3 * p + 5])
         for i1 in range(n, 0, -WINDOW_BLOCK):
             i0 = max(0, i1 - WINDOW_BLOCK)
             gx[b, i0:i1] = 0.0
