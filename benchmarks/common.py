@@ -44,6 +44,14 @@ def floor_step(H: int, L: int, conv: Callable[[torch.Tensor, torch.Tensor], torc
     return step
 
 
+def write_table(lines: list[str], out: Path | None) -> None:
+    """Print a benchmark's table (its lines joined) and, with `out` given, write it there too."""
+    table = "\n".join(lines)
+    print("\n" + table)
+    if out:
+        out.write_text(table + "\n")
+
+
 def minor_faults() -> int:
     """Minor page faults of this process so far: each maps a fresh zero-filled page, which is
     what a large tensor costs when the allocator hands it to the system on free and gets new

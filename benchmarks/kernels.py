@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import FLOOR, Step, floor_step, interleaved, median_ratio, peak_memory_mb
+from common import FLOOR, Step, floor_step, interleaved, median_ratio, peak_memory_mb, write_table
 
 from lssl.kernels import reference
 from lssl.kernels.diag import DiagKernel
@@ -111,10 +111,7 @@ def main() -> None:
         "| kernel | H | N | L | fwd+bwd (s) | ratio to floor | peak MB | target | |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    table = "\n".join(header + rows)
-    print("\n" + table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    write_table(header + rows, args.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from common import (
     median_ratio,
     peak_memory_mb,
     plain_fftconv,
+    write_table,
 )
 
 from lssl import LSSL, S4, S4D, LiquidS4
@@ -199,7 +200,7 @@ def main() -> None:
                 f"| {name} | {batch} | {ssm_ms:.3f} | {layer_ms:.3f} | {'' if target is None else f'<= {target:g}'} | {verdict} |"
             )
             print(step_rows[-1], flush=True)
-    table = "\n".join(
+    write_table(
         [
             (
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward + backward at "
@@ -220,11 +221,9 @@ def main() -> None:
             "| layer | batch | SSM step (ms) | layer step (ms) | target, SSM step (ms) | |",
             "|---|---|---|---|---|---|",
             *step_rows,
-        ]
+        ],
+        args.out,
     )
-    print("\n" + table)
-    if args.out:
-        args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

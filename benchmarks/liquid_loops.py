@@ -18,7 +18,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-from common import BATCH, interleaved, median_ratio
+from common import BATCH, interleaved, median_ratio, write_table
 
 from lssl.kernels.liquid import default_window, kb_signal, pb_signal
 from lssl.ops import liquid_numba
@@ -72,13 +72,8 @@ def signal_rows(repeats: int) -> list[str]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    numba.set_num_threads(2)
+def loop_rows(repeats: int) -> list[str]:
+    """The written-out PB loops against the generic ones, interleaved."""
     rows = []
     for H, L in SHAPES:
         for P in (2, 3, 4):
@@ -87,7 +82,7 @@ def main() -> None:
             g = torch.randn(BATCH, L, H).numpy()
             a = torch.randn(P - 1, BATCH, H, dtype=torch.float64).numpy()
             steps = {"generic": loops_step(x, a, windows, g, False), "written out": loops_step(x, a, windows, g, True)}
-            rounds, _ = interleaved(steps, args.repeats)
+            rounds, _ = interleaved(steps, repeats)
             ms = {name: 1e3 * statistics.median(t) for name, t in rounds.items()}
             ratio = median_ratio(rounds, "written out", "generic")
             rows.append(
@@ -95,8 +90,17 @@ def main() -> None:
                 f"| {ratio:.2f} |"
             )
             print(rows[-1], flush=True)
-    signals = signal_rows(args.repeats)
-    table = "\n".join(
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    numba.set_num_threads(2)
+    write_table(
         [
             f"numba {numba.__version__}, torch {torch.__version__}, 2 threads, float32 input, batch {BATCH}, "
             f"median of {args.repeats}.",
@@ -105,18 +109,16 @@ def main() -> None:
             "",
             "| P | windows | H | L | generic loops (ms) | written out (ms) | ratio |",
             "|---|---|---|---|---|---|---|",
-            *rows,
+            *loop_rows(args.repeats),
             "",
             "Liquid signals as the layer computes them, forward + backward (gradients to the input and s):",
             "",
             "| liquid | P | H | L | backend torch (ms) | backend numba (ms) | ratio |",
             "|---|---|---|---|---|---|---|",
-            *signals,
-        ]
+            *signal_rows(args.repeats),
+        ],
+        args.out,
     )
-    print("\n" + table)
-    if args.out:
-        args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":
