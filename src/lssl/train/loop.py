@@ -67,9 +67,10 @@ class Processes:
 
 
 @contextlib.contextmanager
-def process_group(device_kind: str) -> Iterator[Processes]:
-    """This process's place in the job. Launched by torchrun, it joins the process group (gloo
-    on CPU, nccl on CUDA) unless already in one, and leaves the group it joined on the way out:
+def process_group(kind: str) -> Iterator[Processes]:
+    """This process's place in the job, on devices of `kind` ('cpu' or 'cuda', `device_kind`).
+    Launched by torchrun, it joins the process group (gloo on CPU, nccl on CUDA) unless already
+    in one, and leaves the group it joined on the way out:
     after a finished run, once every rank is done (a barrier) and the run's DistributedDataParallel
     wrapper is freed (a garbage collection: reference cycles can hold it). A process that exits
     with the group open, or destroys it while a wrapper still holds it, sometimes aborts in the
@@ -80,7 +81,7 @@ def process_group(device_kind: str) -> Iterator[Processes]:
     procs = Processes(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
     joined = world > 1 and not dist.is_initialized()
     if joined:
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
     try:
         yield procs
         if joined:
@@ -91,10 +92,16 @@ def process_group(device_kind: str) -> Iterator[Processes]:
             dist.destroy_process_group()
 
 
+def device_kind(name: str) -> str:
+    """train.device with 'auto' resolved: 'cuda' when a CUDA device is available, else 'cpu'."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def pick_device(name: str, procs: Processes) -> torch.device:
     """'auto' is CUDA (this process's local GPU) when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_kind(name)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("train.device='cuda' but no CUDA device is available; use train.device='cpu'")
@@ -373,9 +380,7 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
         Diverged: the loss became NaN or Inf (the last checkpoint written is still good).
     """
     cfg = cfgmod.validate(config)
-    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    device_kind = "cuda" if cuda else "cpu"
-    with process_group(device_kind) as procs:
+    with process_group(device_kind(cfg.train.device)) as procs:
         return run_training(cfg, procs, data, resume)
 
 
