@@ -77,6 +77,13 @@ def slide(ps, x_add, x_remove, p, t_add, t_remove):
 
 
 @numba.njit(inline="always")
+def before_window(x, b, k, W, zero):
+    """x[b, k - W] (H,), the sample just before the window of the last W samples ending at k:
+    the one that leaves the window when it moves to k, zeros before the start."""
+    return x[b, k - W] if k >= W else zero
+
+
+@numba.njit(inline="always")
 def newton(ps, p, e):
     """e[1..p] (every feature) from the power sums ps[1..p] by Newton's identities,
     q e_q = sum_{j=1..q} (-1)^{j-1} e_{q-j} p_j; e[0] = 1 is set once by the caller. The last
@@ -115,7 +122,7 @@ def forward_any(x, b, k0, k1, p, W, a_b, z, st, zero):
     e, t_add, t_remove = st[p + 1 : 2 * p + 2], st[3 * p + 4], st[3 * p + 5]
     H = x.shape[2]
     for k in range(k0, k1):
-        slide(st, x[b, k], x[b, k - W] if k >= W else zero, p, t_add, t_remove)
+        slide(st, x[b, k], before_window(x, b, k, W, zero), p, t_add, t_remove)
         newton(st, p, e)
         z_k = z[b, k]
         for h in range(H):
@@ -126,7 +133,7 @@ def forward_any(x, b, k0, k1, p, W, a_b, z, st, zero):
 def forward_2(x, b, k0, k1, W, a_b, z, st, zero):
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
         for h in range(H):
             u, v = np.float64(x_add[h]), np.float64(x_remove[h])
             p1 = st[1, h] + (u - v)
@@ -140,7 +147,7 @@ def forward_2(x, b, k0, k1, W, a_b, z, st, zero):
 def forward_3(x, b, k0, k1, W, a_b, z, st, zero):
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
         for h in range(H):
             u, v = np.float64(x_add[h]), np.float64(x_remove[h])
             p1 = st[1, h] + (u - v)
@@ -157,7 +164,7 @@ def forward_3(x, b, k0, k1, W, a_b, z, st, zero):
 def forward_4(x, b, k0, k1, W, a_b, z, st, zero):
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], x[b, k - W] if k >= W else zero, z[b, k]
+        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
         for h in range(H):
             u, v = np.float64(x_add[h]), np.float64(x_remove[h])
             p1 = st[1, h] + (u - v)
@@ -229,14 +236,14 @@ def backward_any(x, b, i0, i1, p, W, a_b, g, gx, st, ring, zero):
         for h in range(H):
             g_sum[h] += g_i[h] * e[p, h]
             gx_i[h] += a_b[h] * acc[h]
-        slide(st, x[b, i - W] if i >= W else zero, x_i, p, t_add, t_remove)  # the window at i - 1
+        slide(st, before_window(x, b, i, W, zero), x_i, p, t_add, t_remove)  # the window at i - 1
 
 
 @numba.njit(inline="always")
 def backward_2(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
     H, slots = x.shape[2], ring.shape[0] // 2
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
         ring1, ring2 = ring[2 * (i % slots)], ring[2 * (i % slots) + 1]
         for h in range(H):
             p1, p2, gk, xv = st[1, h], st[2, h], np.float64(g_i[h]), np.float64(x_i[h])
@@ -258,7 +265,7 @@ def backward_2(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
 def backward_3(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
     H, slots = x.shape[2], ring.shape[0] // 3
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
         row = 3 * (i % slots)
         ring1, ring2, ring3 = ring[row], ring[row + 1], ring[row + 2]
         for h in range(H):
@@ -289,7 +296,7 @@ def backward_4(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
     # `backward_3`) the compiler left it scalar, as slow as the generic loops.
     H, slots = x.shape[2], ring.shape[0] // 4
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], x[b, i - W] if i >= W else zero, g[b, i], gx[b, i]
+        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
         row = 4 * (i % slots)
         ring1, ring2, ring3, ring4 = ring[row], ring[row + 1], ring[row + 2], ring[row + 3]
         ps1, ps2, ps3, ps4 = st[1], st[2], st[3], st[4]
