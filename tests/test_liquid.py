@@ -449,19 +449,45 @@ def test_official_indices_match_the_spec_table():
 
 @pytest.mark.parametrize("degree", [2, 3, 4])
 def test_official_pb_closed_form(f64, degree):
-    """Spec E15(e): the term is sum_p c_p flip(v_p), c_p = Re sum_n C_n B_bar_n s^(2^(p-1) - 1),
-    with B_bar of the diagonal part of A only."""
+    """Spec E15(e): the term is sum_p c_p flip(v_p), c_p = Re sum_n conj(C)_n B_bar_n
+    s^(2^(p-1) - 1) (B_bar meets the conjugate of the kernel's C, spec G.1), with B_bar of the
+    diagonal part of A only."""
     layer = _compat("pb", degree)
     plain = _compat("pb", 1)
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 30, H)
     C = layer.kernel.complex("C")
-    C = torch.cat([C, C.conj()], -1)  # the initial C: no kernel call has replaced it by C~ yet
+    C = torch.cat([C.conj(), C], -1)  # the initial C: no kernel call has replaced it by C~ yet
     B_bar, s = _official_B_bar(layer)
     expected = 0
     for p in range(2, degree + 1):
         c = (C * B_bar * s[:, None] ** (2 ** (p - 1) - 1)).sum(-1).real  # (1, H)
         expected = expected + c * _official_v(x, p).flip(1)
+    assert_close(layer(x) - plain(x), expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_official_pb_replays_the_published_steps(f64, kernel):
+    """The published PB term replayed step by step (liq-code s4.py, `liquid_kernel='polyb'`):
+    its kernel wrapper keeps C_w and the kernel parameter (our C) is conj(C_w) (spec G.1), so
+    dC = concat(C_w, conj C_w) = concat(conj C, C); dB = dt diag(1 / (1 - dt w / 2)) B on the
+    full space; per order, dB <- sum over one axis of the outer product dB dB^T, then
+    y += Re(dC . dB) times the time-reversed correlations."""
+    layer = _compat("pb", 4, kernel=kernel)
+    plain = _compat("pb", 1, kernel=kernel)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 30, H)
+    C_w = layer.kernel.complex("C").conj()  # the initial C: no kernel call has replaced it by C~ yet
+    dC = torch.cat([C_w, C_w.conj()], -1)  # (1, H, N)
+    lam, B = layer.kernel.modes()
+    w, B = torch.cat([lam, lam.conj()], -1), torch.cat([B, B.conj()], -1)  # (H, N)
+    dt = layer.kernel.dt[:, None]
+    dB = dt * (torch.diag_embed(1 / (1 - 0.5 * dt * w)) @ B[..., None])[..., 0]  # (H, N)
+    expected = 0
+    for p in range(2, 5):
+        dB = (dB[:, :, None] * dB[:, None, :]).sum(2)
+        dCB = (dC * dB).sum(-1)  # (1, H)
+        expected = expected + (_official_v(x, p).flip(1) * dCB).real
     assert_close(layer(x) - plain(x), expected)
 
 
@@ -515,7 +541,7 @@ def test_official_bidirectional_pb(f64):
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 20, H)
     C = layer.kernel.complex("C")
-    C = torch.cat([C, C.conj()], -1)
+    C = torch.cat([C.conj(), C], -1)
     B_bar, s = _official_B_bar(layer)
     c = (C * B_bar * s[:, None]).sum(-1).real  # (2, H): forward, backward
     v = _official_v(x, 2)

@@ -536,8 +536,11 @@ def official_pb_term(u: Tensor, C: Tensor, B_bar: Tensor, s: Tensor, degree: int
     convolution. Bidirectional layers add the backward channels' c_p times v_p[t].
 
     Args:
-        u: (B, H, L). C: (C, H, N) complex (C split as forward, backward halves if
-            bidirectional). B_bar: (H, N) complex. s: (H,) complex. degree: P.
+        u: (B, H, L). C: (C, H, N) complex, the output vector the published code pairs with
+            B_bar: concat(conj C_k, C_k) for the kernel's C_k (its kernel wrapper keeps C_w and
+            the kernel parameter is C_k = conj(C_w); the PB term reads concat(C_w, conj C_w),
+            spec G.1); split as forward, backward halves if bidirectional. B_bar: (H, N)
+            complex. s: (H,) complex. degree: P.
     Returns:
         (B, C', H, L), C' = C / 2 if bidirectional else C.
     """
@@ -779,8 +782,9 @@ class OfficialPolyB(Official):
     ) -> tuple[Tensor, None, Tensor, None]:
         y = bidirectional_conv(u, u.flip(-1), K) if bidirectional else fftconv(u, K)
         B_bar, s_official = self.official_input()
+        # The published term pairs B_bar with the conjugate of the kernel's C (`official_pb_term`).
         C = torch.view_as_complex(self.C)
-        C = torch.cat([C, C.conj()], -1)
+        C = torch.cat([C.conj(), C], -1)
         return y + official_pb_term(u, C, B_bar, s_official, self.degree, bidirectional).to(y.dtype), None, u, None
 
 
