@@ -548,6 +548,49 @@ def test_official_bidirectional_pb(f64):
     assert_close(layer(x) - plain(x), c[0] * v.flip(1) + c[1] * v)
 
 
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("degree", [1, 2])
+def test_official_bidirectional_is_the_published_two_sided_convolution(f64, term, degree):
+    """Spec F17: the published bidirectional layer convolves with the two-sided kernel
+    k = pad(k0, (0, L)) + pad(k1.flip(-1), (L, 0)), circularly over 2L samples, so its backward
+    half sees strictly future samples: y_t = sum_{i <= t} k0_{t-i} u_i + sum_{i > t} k1_{i-t-1} u_i,
+    written out here, plus at degree 2 the liquid term (PB: c_fwd v_2[L-1-t] + c_bwd v_2[t]; KB:
+    the frequency-domain product with that same k). Our own layers put the backward half at lag
+    0, sum_{i >= t} k1_{i-t} u_i."""
+    L = 12
+    layer = _compat(term, degree, bidirectional=True)
+    ours = _layer(term, degree=1, bidirectional=True)
+    ours.kernel.load_state_dict(layer.kernel.state_dict())
+    ours.D.data.copy_(layer.D)
+    x = torch.randn(2, L, H)
+    C = layer.kernel.complex("C")  # the initial C: no kernel call has replaced it by C~ yet
+    C = torch.cat([C.conj(), C], -1)
+    k0, k1 = layer.kernel(L).detach()  # (H, L) each
+    published, lag0 = torch.zeros(2, L, H), torch.zeros(2, L, H)
+    for t in range(L):
+        for i in range(L):
+            if i <= t:
+                published[:, t] += k0[:, t - i] * x[:, i]
+                lag0[:, t] += k0[:, t - i] * x[:, i]
+            else:
+                published[:, t] += k1[:, i - t - 1] * x[:, i]
+            if i >= t:
+                lag0[:, t] += k1[:, i - t] * x[:, i]
+    expected = published + layer.D * x
+    if degree == 2:
+        B_bar, s = _official_B_bar(layer)
+        v = _official_v(x, 2)  # (B, L, H)
+        if term == "pb":
+            c = (C * B_bar * s[:, None]).sum(-1).real  # (2, H): forward, backward
+            expected = expected + c[0] * v.flip(1) + c[1] * v
+        else:
+            k = torch.nn.functional.pad(k0, (0, L)) + torch.nn.functional.pad(k1.flip(-1), (L, 0))  # (H, 2L)
+            Y = torch.fft.rfft(v.flip(1).transpose(1, 2), n=2 * L) * torch.fft.fft(k * s[:, None], n=L + 1)
+            expected = expected + torch.fft.irfft(Y, n=2 * L)[..., :L].transpose(1, 2)
+    assert_close(layer(x), expected)
+    assert_close(ours(x), lag0 + ours.D * x)
+
+
 def test_official_pb_vanishes_when_the_last_samples_do(f64):
     """Spec E15(d): the official PB correction is 0 when u vanishes on the final n_p steps, for
     every order (n_2 = 9, n_3 = 7, n_4 = 7 at L = 30), whatever the earlier samples."""

@@ -63,7 +63,8 @@ class SSMLayer(nn.Module):
         mix: 'linear' (Linear(C H -> H), LSSL), 'glu' (Linear(C H -> 2H) then GLU, S4) or 'none'
             (no mixing: output (B, L, C H)).
         bidirectional: the kernel's channels are split in a forward (causal) half and a backward
-            (anti-causal) half; such a layer has no recurrent view.
+            (anti-causal) half, both including the current sample; such a layer has no
+            recurrent view.
     Shapes: D (C, H); input x (B, L, H); output (B, L, H) (or (B, L, C H) with mix='none').
     """
 
@@ -155,7 +156,9 @@ class SSMLayer(nn.Module):
         if self.bidirectional:
             forward, backward = K.chunk(2, dim=0)  # (C, H, L) each
             # The backward kernel convolves the reversed sequence; both halves include the
-            # current sample (lag 0), as in the S4 code's two-sided kernel.
+            # current sample (lag 0). This is our choice: the S4 code's two-sided kernel applies
+            # the backward half one step later, to strictly future samples (spec F17), which
+            # only LiquidS4(liquid_compat="official") reproduces (`liquid.official_conv`).
             y = fftconv(u, forward) + fftconv(u.flip(-1), backward).flip(-1)  # (B, C, H, L)
         else:
             y = fftconv(u, K)  # (B, C, H, L)
@@ -387,8 +390,9 @@ class LiquidS4(SSMLayer):
             fixed, so chunks, steps and whole sequences agree).
         liquid_compat: None, or 'official' to reproduce the published code's non-causal terms
             (spec C.4: frozen initial parameters, time-reversed correlations of the last n_p
-            steps, s^(2^(p-1) - 1), the mismatched KB frequency grids), for comparison with
-            published numbers only: no state, no step, no gradient to the SSM from PB.
+            steps, s^(2^(p-1) - 1), the mismatched KB frequency grids, and for bidirectional
+            layers the backward half one step later than ours, at every degree), for comparison
+            with published numbers only: no state, no step, no gradient to the SSM from PB.
         kernel: 'dplr' (S4, A = Lambda - P P^*) or 'diag' (S4D, bilinear).
         backend: 'torch' (every device) or 'numba' (CPU tensors: the PB window polynomials or
             the KB prefix recurrence, and for kernel='dplr' the Cauchy sums as in `S4`, as
@@ -520,7 +524,8 @@ class LiquidS4(SSMLayer):
     ) -> tuple[Tensor, Tensor | None, LiquidState | None]:
         """`SSMLayer._convolve` with the liquid terms (plain S4 at degree 1)."""
         ssm = None if state is None else state.ssm
-        if self.degree == 1:
+        # The published code's terms compute its S4 convolution too (bidirectional offset).
+        if self.degree == 1 and self.liquid.causal:
             y, pointwise, final = super()._convolve(x, ssm, return_state, rate)
             return y, pointwise, None if final is None else self._plain_state(final)
         L = x.shape[1]

@@ -556,6 +556,40 @@ def official_pb_term(u: Tensor, C: Tensor, B_bar: Tensor, s: Tensor, degree: int
     return out
 
 
+def official_two_sided(K: Tensor, length: int) -> Tensor:
+    """The published code's two-sided kernel of a bidirectional layer, pad(k0, (0, L)) +
+    pad(k1.flip(-1), (L, 0)): the forward half k0 at lags 0 .. L-1, the backward half k1
+    reversed at the end, so that in a circular convolution of length 2L its tap j meets the
+    sample j + 1 steps ahead (strictly future samples; spec F17).
+
+    Args:
+        K: (2C, H, L) the forward, then the backward channels. length: L.
+    Returns:
+        (C, H, 2L).
+    """
+    forward, backward = K.chunk(2, dim=0)
+    return nn.functional.pad(forward, (0, length)) + nn.functional.pad(backward.flip(-1), (length, 0))
+
+
+def official_conv(u: Tensor, K: Tensor, bidirectional: bool) -> Tensor:
+    """The published code's S4 convolution: K * u, or for a bidirectional layer the circular
+    convolution of length 2L with `official_two_sided`,
+    y_t = sum_{i <= t} k0_{t-i} u_i + sum_{i > t} k1_{i-t-1} u_i: the backward half one step
+    later than in our layers (`bidirectional_conv`, lag 0).
+
+    Args:
+        u: (B, H, L). K: (C, H, L), or (2C, H, L) if bidirectional.
+    Returns:
+        (B, C, H, L).
+    """
+    if not bidirectional:
+        return fftconv(u, K)
+    L = u.shape[-1]
+    n = 2 * L
+    k_f = torch.fft.rfft(official_two_sided(K, L), n=n)  # (C, H, L+1)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n)[:, None] * k_f, n=n)[..., :L]
+
+
 def official_kb_term(u: Tensor, K: Tensor, s: Tensor, degree: int) -> Tensor:
     """The official KB term, added in the frequency domain with n = 2L:
     irfft_n(sum_p rfft_n(flip v_p) * fft_{n/2+1}(K s^{p-1}))[:L]. The second factor is a complex
@@ -590,9 +624,10 @@ def check_degree(degree: int) -> None:
 
 
 def bidirectional_conv(w: Tensor, w_reversed: Tensor, K: Tensor) -> Tensor:
-    """The two-sided convolution of `SSMLayer`: the forward half of K (C or 2C, H, L) convolves w,
+    """The two-sided convolution of `SSMLayer`: the forward half of K (2C, H, L) convolves w,
     the backward half convolves w_reversed (the input in reversed time), flipped back. Both
-    include lag 0. Returns (B, C, H, L)."""
+    include lag 0, our choice: the published code's backward half starts one step later
+    (`official_conv`). Returns (B, C, H, L)."""
     forward, backward = K.chunk(2, dim=0)
     return fftconv(w, forward) + fftconv(w_reversed, backward).flip(-1)
 
@@ -775,12 +810,15 @@ class Official(LiquidTerm):
 
 
 class OfficialPolyB(Official):
-    """The published PB term (`official_pb_term`) on top of our S4 convolution."""
+    """The published PB term (`official_pb_term`) on top of the published S4 convolution
+    (`official_conv`)."""
 
     def forward(
         self, u: Tensor, K: Tensor, s: Tensor, memory: Tensor | None, bidirectional: bool
     ) -> tuple[Tensor, None, Tensor, None]:
-        y = bidirectional_conv(u, u.flip(-1), K) if bidirectional else fftconv(u, K)
+        y = official_conv(u, K, bidirectional)
+        if self.degree == 1:
+            return y, None, u, None
         B_bar, s_official = self.official_input()
         # The published term pairs B_bar with the conjugate of the kernel's C (`official_pb_term`).
         C = torch.view_as_complex(self.C)
@@ -789,19 +827,17 @@ class OfficialPolyB(Official):
 
 
 class OfficialKernelB(Official):
-    """The published KB term (`official_kb_term`) on top of our S4 convolution, with the
-    official two-sided kernel for bidirectional layers."""
+    """The published KB term (`official_kb_term`) on top of the published S4 convolution
+    (`official_conv`), with the published two-sided kernel for bidirectional layers in both."""
 
     def forward(
         self, u: Tensor, K: Tensor, s: Tensor, memory: Tensor | None, bidirectional: bool
-    ) -> tuple[Tensor, Tensor, None]:
-        L = u.shape[-1]
+    ) -> tuple[Tensor, None, Tensor, None]:
+        y = official_conv(u, K, bidirectional)
+        if self.degree == 1:
+            return y, None, u, None
         if bidirectional:
-            y = bidirectional_conv(u, u.flip(-1), K)
-            forward, backward = K.chunk(2, dim=0)
-            K = nn.functional.pad(forward, (0, L)) + nn.functional.pad(backward.flip(-1), (L, 0))
-        else:
-            y = fftconv(u, K)
+            K = official_two_sided(K, u.shape[-1])
         _, s_official = self.official_input()
         return y + official_kb_term(u, K, s_official, self.degree), None, u, None
 
