@@ -14,6 +14,7 @@ from lssl.kernels.base import DenseRecurrence, dense_final_state, dense_response
 from lssl.kernels.diag import DiagKernel
 from lssl.kernels.dplr import DPLRKernel, bilinear_dense, bilinear_dplr, dplr_dense
 from lssl.kernels.krylov import KrylovKernel
+from lssl.kernels.resolvent import ResolventKernel
 from lssl.ops.fftconv import fftconv
 from lssl.ops.vandermonde import vandermonde_transpose, vandermonde_transpose_naive
 
@@ -27,6 +28,9 @@ KERNELS = {
     **{f"krylov-{m}-fixed": (KrylovKernel, dict(measure=m, learn_a=False)) for m in hippo.MEASURES},
     **{f"krylov-{m}-shared": (KrylovKernel, dict(measure=m, learn_a=True, share_a=True)) for m in hippo.MEASURES},
     **{f"krylov-{m}-feature": (KrylovKernel, dict(measure=m, learn_a=True, share_a=False)) for m in hippo.MEASURES},
+    **{f"resolvent-{m}-shared": (ResolventKernel, dict(measure=m, learn_a=True, share_a=True)) for m in ("legs", "legt", "lagt")},
+    "resolvent-legs-feature": (ResolventKernel, dict(measure="legs", learn_a=True, share_a=False)),
+    "resolvent-lagt-fixed": (ResolventKernel, dict(measure="lagt", learn_a=False)),
     "dplr-legs": (DPLRKernel, dict(measure="legs")),
     "dplr-legt": (DPLRKernel, dict(measure="legt")),
     "diag-zoh": (DiagKernel, dict(disc="zoh")),

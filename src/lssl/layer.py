@@ -23,6 +23,7 @@ from .kernels.diag import DiagKernel
 from .kernels.dplr import DPLRKernel
 from .kernels.krylov import KrylovKernel
 from .kernels.liquid import OFFICIAL_TERMS, TERMS, KernelB, PolyB, check_degree
+from .kernels.resolvent import ResolventKernel
 from .ops.backend import check_backend
 from .ops.fftconv import fftconv
 
@@ -30,6 +31,8 @@ Tensor = torch.Tensor
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "identity": nn.Identity}
 MIXES = ("linear", "glu", "none")
+# LSSL's kernels: one set of parameters (`LSSL`'s docstring says when to use which).
+LSSL_KERNELS: dict[str, type[KrylovKernel]] = {"krylov": KrylovKernel, "resolvent": ResolventKernel}
 
 
 def check_input(name: str, x: Tensor, width: int, rank: int) -> None:
@@ -241,6 +244,14 @@ class LSSL(SSMLayer):
         learn_dt: train the timescales. dt_min, dt_max: their initial range.
         lr, lr_dt: learning-rate hints (1e-4 for A and B, 1e-3 for dt; no weight decay).
         disc: discretisation ('bilinear' as in the paper, or 'zoh', ...).
+        kernel: how K is computed from the same parameters. 'krylov' (`KrylovKernel`): dense
+            A_bar squared, O(H N^3 log L), any measure and disc; the one to use when A, B and dt
+            are all frozen (its C-independent basis is then built once). 'resolvent'
+            (`ResolventKernel`): the generating function through the TriD structure, O(H N L)
+            with no N^3 term, for legs/legt/lagt and the GBT discretisations (not 'zoh'); it
+            stores C~ = (I - A_bar^L)^T C in place of C (as S4 does).
+        backend: the resolvent kernel's solves: 'torch' (every device) or 'numba' (CPU
+            tensors, compiled loops, same values; `pip install 'lssl[numba]'`).
         activation, dropout, mix, bidirectional: see `SSMLayer`.
     Input and output (B, L, H).
     """
@@ -259,16 +270,24 @@ class LSSL(SSMLayer):
         lr: float | None = 1e-4,
         lr_dt: float | None = 1e-3,
         disc: str = "bilinear",
+        kernel: str = "krylov",
+        backend: str = "torch",
         activation: str = "gelu",
         dropout: float = 0.0,
         mix: str = "linear",
         bidirectional: bool = False,
     ):
-        kernel = KrylovKernel(
+        check_choice("kernel", kernel, LSSL_KERNELS)
+        check_backend(backend)
+        if kernel == "krylov" and backend != "torch":
+            raise ValueError(f"backend={backend!r} runs the resolvent kernel's solves; use kernel='resolvent'")
+        extra = {"backend": backend} if kernel == "resolvent" else {}
+        ssm = LSSL_KERNELS[kernel](
             d_model, d_state, channels=channels * (2 if bidirectional else 1), measure=measure, disc=disc,
             learn_a=learn_a, share_a=share_a, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_dt=learn_dt, lr_dt=lr_dt,
+            **extra,
         )
-        super().__init__(kernel, activation=activation, dropout=dropout, mix=mix, bidirectional=bidirectional)
+        super().__init__(ssm, activation=activation, dropout=dropout, mix=mix, bidirectional=bidirectional)
 
 
 class S4(SSMLayer):

@@ -199,10 +199,11 @@ class KrylovKernel(SSMKernel):
             y (B, C, H, L) real, without the D term, and the final state (B, H, N).
         """
         A, B = self.transition.dense()
+        C = self.discrete(1).C  # (C, H, N): the plain C, also where C~ is stored
         x = self.default_state(u.shape[0]) if state is None else state
         ys = []
         for t in range(u.shape[1]):
             A_bar, B_bar = discretize.DENSE[self.disc](A, B, scale[:, t, None] * self.dt)  # (B, H, N, N), (B, H, N)
             x = (A_bar @ x[..., None])[..., 0] + B_bar * u[:, t, :, None]
-            ys.append(torch.einsum("chn,bhn->bch", self.C, x))
+            ys.append(torch.einsum("chn,bhn->bch", C, x))
         return torch.stack(ys, dim=-1), x
