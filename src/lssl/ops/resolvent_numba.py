@@ -24,109 +24,153 @@ import numba
 import numpy as np
 import torch
 
-from ._numba import compile_loops, first_order_only, loop_input, match_threads
+from ._numba import compile_loops, compile_sums, first_order_only, loop_input, match_threads
 
 Tensor = torch.Tensor
 
-# Nodes per block: the elimination's eight (N, BLOCK) pivot arrays stay within L2 at N = 256.
+# Nodes per block, a fixed trip count: the last block is padded with nodes a = 1, b = 0 (S = I).
 BLOCK = 16
+# Every (feature, block) works in a flat array of (N + 2) rows of NV x BLOCK: row n + 1 holds,
+# for system row n, the pivot row after elimination (its entries in columns n, n+1, n+2 and
+# right-hand side, re/im), the right-hand side, w and x; rows 0 and N + 1 stay zero (w_{-1} =
+# w_N = 0). Vectorising over the block's nodes needs indices that LLVM can tell apart: offsets
+# (ascending loop counter) * ROW + constants, or constants into a row's slice (the descending
+# back substitution). An index numba cannot prove non-negative gets its negative-index
+# wraparound, and the loop then runs scalar, 5-10x slower.
+NV = 14
+ROW = NV * BLOCK
+PD, PU, P2, PR, RHS, W, X = 0, 2, 4, 6, 8, 10, 12
+# The state (ST x BLOCK): the row being eliminated into (its entries in columns i, i+1 and its
+# right-hand side) and the block's nodes a, b.
+ST = 10
+SD, SU, SR, SA, SB = 0, 2, 4, 6, 8
 
 
 @numba.njit(inline="always")
-def shifted_solve(kn, ar, ai, br, bi, dl, d, du, pl, pr, c, rr, ri, scratch, xr, xi, wr, wi, one):
-    """x, w (N, BLOCK) re/im of (a I + b M) x = r, w = T^{-1} Q x, for one feature and the kn
-    nodes of a block: a (ar, ai), b (br, bi) (BLOCK,); the TriD rows dl, du (N-1,), d, pl, pr,
-    c (N,); r (rr, ri) (N, BLOCK). scratch (8, N, BLOCK). (`one` in the loops' dtype: a literal
-    would widen float32 arithmetic to float64.)"""
+def shifted_solve(work, st, dl, d, du, pl, pr, c, one, zero):
+    """x, w of (a I + b M) x = r, w = T^{-1} Q x, for one feature and one block of nodes: a, b
+    in `st` (SA, SB), r in `work` (RHS), results in `work` (X, W); the TriD rows dl, du (N-1,),
+    d, pl, pr, c (N,). (`one`, `zero` in the loops' dtype: a literal would widen float32
+    arithmetic to float64.)"""
     N = d.shape[0]
-    pdr, pdi, pur, pui = scratch[0], scratch[1], scratch[2], scratch[3]
-    p2r, p2i, prr, pri = scratch[4], scratch[5], scratch[6], scratch[7]
-    # The current row: its entries in columns i, i+1 (cd, cu) and its right-hand side (cr).
-    cdr, cdi = scratch[0, N - 1], scratch[1, N - 1]
-    cur, cui = scratch[2, N - 1], scratch[3, N - 1]
-    crr, cri = scratch[4, N - 1], scratch[5, N - 1]
-    for k in range(kn):
-        er, ei = ar[k] + br[k] * (pl[0] * c[0] * pr[0]), ai[k] + bi[k] * (pl[0] * c[0] * pr[0])
-        cdr[k] = er * d[0] + br[k] * (pl[0] * pr[0])
-        cdi[k] = ei * d[0] + bi[k] * (pl[0] * pr[0])
-        cur[k] = er * du[0] if N > 1 else er * 0
-        cui[k] = ei * du[0] if N > 1 else ei * 0
-        crr[k] = pr[0] * rr[0, k]
-        cri[k] = pr[0] * ri[0, k]
+    pcq, pq, du0 = pl[0] * c[0] * pr[0], pl[0] * pr[0], du[0] if N > 1 else zero
+    for k in range(BLOCK):
+        ar, ai, br, bi = st[SA * BLOCK + k], st[(SA + 1) * BLOCK + k], st[SB * BLOCK + k], st[(SB + 1) * BLOCK + k]
+        er, ei = ar + br * pcq, ai + bi * pcq
+        st[SD * BLOCK + k], st[(SD + 1) * BLOCK + k] = er * d[0] + br * pq, ei * d[0] + bi * pq
+        st[SU * BLOCK + k], st[(SU + 1) * BLOCK + k] = er * du0, ei * du0
+        st[SR * BLOCK + k], st[(SR + 1) * BLOCK + k] = pr[0] * work[ROW + RHS * BLOCK + k], pr[0] * work[
+            ROW + (RHS + 1) * BLOCK + k]
     for i in range(N - 1):
         n = i + 1
         pcq, pq = pl[n] * c[n] * pr[n], pl[n] * pr[n]
-        last = n == N - 1
-        dun = du[n] if not last else d[n] * 0
-        for k in range(kn):
-            er, ei = ar[k] + br[k] * pcq, ai[k] + bi[k] * pcq
-            lor, loi = er * dl[i], ei * dl[i]  # row n, column i
-            dnr, dni = er * d[n] + br[k] * pq, ei * d[n] + bi[k] * pq
+        dun = du[n] if n < N - 1 else zero
+        dli, dn, prn = dl[i], d[n], pr[n]
+        oi = i * ROW + ROW  # row i; row n = i + 1 at oi + ROW
+        for k in range(BLOCK):
+            ar, ai, br, bi = st[SA * BLOCK + k], st[(SA + 1) * BLOCK + k], st[SB * BLOCK + k], st[(SB + 1) * BLOCK + k]
+            er, ei = ar + br * pcq, ai + bi * pcq
+            lor, loi = er * dli, ei * dli  # row n, column i
+            dnr, dni = er * dn + br * pq, ei * dn + bi * pq
             unr, uni = er * dun, ei * dun
-            rnr, rni = pr[n] * rr[n, k], pr[n] * ri[n, k]
-            swap = lor * lor + loi * loi > cdr[k] * cdr[k] + cdi[k] * cdi[k]
-            # Pivot row: the larger entry in column i. Other row: what is eliminated.
-            vdr, vdi = (lor, loi) if swap else (cdr[k], cdi[k])
-            vur, vui = (dnr, dni) if swap else (cur[k], cui[k])
-            v2r, v2i = (unr, uni) if swap else (er * 0, ei * 0)
-            vrr, vri = (rnr, rni) if swap else (crr[k], cri[k])
-            osr, osi = (cdr[k], cdi[k]) if swap else (lor, loi)
-            odr, odi = (cur[k], cui[k]) if swap else (dnr, dni)
-            our, oui = (er * 0, ei * 0) if swap else (unr, uni)
-            orr, ori = (crr[k], cri[k]) if swap else (rnr, rni)
+            rnr, rni = prn * work[oi + ROW + RHS * BLOCK + k], prn * work[oi + ROW + (RHS + 1) * BLOCK + k]
+            cdr, cdi = st[SD * BLOCK + k], st[(SD + 1) * BLOCK + k]
+            cur, cui = st[SU * BLOCK + k], st[(SU + 1) * BLOCK + k]
+            crr, cri = st[SR * BLOCK + k], st[(SR + 1) * BLOCK + k]
+            # Pivot row: the larger entry in column i; the other row is eliminated with it.
+            swap = lor * lor + loi * loi > cdr * cdr + cdi * cdi
+            vdr = lor if swap else cdr
+            vdi = loi if swap else cdi
+            vur = dnr if swap else cur
+            vui = dni if swap else cui
+            v2r = unr if swap else zero
+            v2i = uni if swap else zero
+            vrr = rnr if swap else crr
+            vri = rni if swap else cri
+            osr = cdr if swap else lor
+            osi = cdi if swap else loi
+            odr = cur if swap else dnr
+            odi = cui if swap else dni
+            our = zero if swap else unr
+            oui = zero if swap else uni
+            orr = crr if swap else rnr
+            ori = cri if swap else rni
             inv = one / (vdr * vdr + vdi * vdi)
             mr, mi = (osr * vdr + osi * vdi) * inv, (osi * vdr - osr * vdi) * inv
-            pdr[i, k], pdi[i, k], pur[i, k], pui[i, k] = vdr, vdi, vur, vui
-            p2r[i, k], p2i[i, k], prr[i, k], pri[i, k] = v2r, v2i, vrr, vri
-            cdr[k], cdi[k] = odr - (mr * vur - mi * vui), odi - (mr * vui + mi * vur)
-            cur[k], cui[k] = our - (mr * v2r - mi * v2i), oui - (mr * v2i + mi * v2r)
-            crr[k], cri[k] = orr - (mr * vrr - mi * vri), ori - (mr * vri + mi * vrr)
-    for k in range(kn):
-        inv = one / (cdr[k] * cdr[k] + cdi[k] * cdi[k])
-        wr[N - 1, k] = (crr[k] * cdr[k] + cri[k] * cdi[k]) * inv
-        wi[N - 1, k] = (cri[k] * cdr[k] - crr[k] * cdi[k]) * inv
+            work[oi + PD * BLOCK + k], work[oi + (PD + 1) * BLOCK + k] = vdr, vdi
+            work[oi + PU * BLOCK + k], work[oi + (PU + 1) * BLOCK + k] = vur, vui
+            work[oi + P2 * BLOCK + k], work[oi + (P2 + 1) * BLOCK + k] = v2r, v2i
+            work[oi + PR * BLOCK + k], work[oi + (PR + 1) * BLOCK + k] = vrr, vri
+            st[SD * BLOCK + k], st[(SD + 1) * BLOCK + k] = odr - (mr * vur - mi * vui), odi - (mr * vui + mi * vur)
+            st[SU * BLOCK + k], st[(SU + 1) * BLOCK + k] = our - (mr * v2r - mi * v2i), oui - (mr * v2i + mi * v2r)
+            st[SR * BLOCK + k], st[(SR + 1) * BLOCK + k] = orr - (mr * vrr - mi * vri), ori - (mr * vri + mi * vrr)
+    rl = work[N * ROW:N * ROW + ROW]
+    for k in range(BLOCK):
+        cdr, cdi = st[SD * BLOCK + k], st[(SD + 1) * BLOCK + k]
+        crr, cri = st[SR * BLOCK + k], st[(SR + 1) * BLOCK + k]
+        inv = one / (cdr * cdr + cdi * cdi)
+        rl[W * BLOCK + k] = (crr * cdr + cri * cdi) * inv
+        rl[(W + 1) * BLOCK + k] = (cri * cdr - crr * cdi) * inv
     for i in range(N - 2, -1, -1):
-        for k in range(kn):
-            tr = prr[i, k] - (pur[i, k] * wr[i + 1, k] - pui[i, k] * wi[i + 1, k])
-            ti = pri[i, k] - (pur[i, k] * wi[i + 1, k] + pui[i, k] * wr[i + 1, k])
-            if i + 2 < N:
-                tr -= p2r[i, k] * wr[i + 2, k] - p2i[i, k] * wi[i + 2, k]
-                ti -= p2r[i, k] * wi[i + 2, k] + p2i[i, k] * wr[i + 2, k]
-            inv = one / (pdr[i, k] * pdr[i, k] + pdi[i, k] * pdi[i, k])
-            wr[i, k] = (tr * pdr[i, k] + ti * pdi[i, k]) * inv
-            wi[i, k] = (ti * pdr[i, k] - tr * pdi[i, k]) * inv
+        # The second superdiagonal reaches w_{i+2}, the zero row w_N at i = N - 2 (where its
+        # entry is 0 anyway: the last row has no superdiagonal to swap up).
+        ri, r1, r2 = work[i * ROW + ROW:i * ROW + 2 * ROW], work[i * ROW + 2 * ROW:i * ROW + 3 * ROW], work[
+            i * ROW + 3 * ROW:i * ROW + 4 * ROW]
+        for k in range(BLOCK):
+            u2r, u2i = ri[P2 * BLOCK + k], ri[(P2 + 1) * BLOCK + k]
+            w1r, w1i = r1[W * BLOCK + k], r1[(W + 1) * BLOCK + k]
+            w2r, w2i = r2[W * BLOCK + k], r2[(W + 1) * BLOCK + k]
+            pur, pui = ri[PU * BLOCK + k], ri[(PU + 1) * BLOCK + k]
+            tr = ri[PR * BLOCK + k] - (pur * w1r - pui * w1i) - (u2r * w2r - u2i * w2i)
+            ti = ri[(PR + 1) * BLOCK + k] - (pur * w1i + pui * w1r) - (u2r * w2i + u2i * w2r)
+            pdr, pdi = ri[PD * BLOCK + k], ri[(PD + 1) * BLOCK + k]
+            inv = one / (pdr * pdr + pdi * pdi)
+            ri[W * BLOCK + k] = (tr * pdr + ti * pdi) * inv
+            ri[(W + 1) * BLOCK + k] = (ti * pdr - tr * pdi) * inv
     # x_n from whichever of its two rows amplifies an error in w the least.
     for n in range(N):
-        t_norm = abs(d[n]) + (abs(dl[n - 1]) if n > 0 else d[n] * 0) + (abs(du[n]) if n < N - 1 else d[n] * 0)
-        pcq = pl[n] * c[n] * pr[n]
-        for k in range(kn):
-            er, ei = ar[k] + br[k] * pcq, ai[k] + bi[k] * pcq
-            bpr, bpi = br[k] * pl[n], bi[k] * pl[n]
+        tl = dl[n - 1] if n > 0 else zero
+        tu = du[n] if n < N - 1 else zero
+        t_norm = abs(d[n]) + abs(tl) + abs(tu)
+        pcq, q, dn, pn = pl[n] * c[n] * pr[n], pr[n], d[n], pl[n]
+        o = n * ROW  # rows n - 1, n, n + 1 at o, o + ROW, o + 2 ROW
+        for k in range(BLOCK):
+            ar, ai, br, bi = st[SA * BLOCK + k], st[(SA + 1) * BLOCK + k], st[SB * BLOCK + k], st[(SB + 1) * BLOCK + k]
+            er, ei = ar + br * pcq, ai + bi * pcq
+            bpr, bpi = br * pn, bi * pn
+            wr, wi = work[o + ROW + W * BLOCK + k], work[o + ROW + (W + 1) * BLOCK + k]
             e2 = er * er + ei * ei
-            if e2 * t_norm * t_norm >= (bpr * bpr + bpi * bpi) * pr[n] * pr[n]:
-                tr = rr[n, k] - (bpr * wr[n, k] - bpi * wi[n, k])
-                ti = ri[n, k] - (bpr * wi[n, k] + bpi * wr[n, k])
-                inv = one / e2
-                xr[n, k] = (tr * er + ti * ei) * inv
-                xi[n, k] = (ti * er - tr * ei) * inv
-            else:
-                tr, ti = d[n] * wr[n, k], d[n] * wi[n, k]
-                if n > 0:
-                    tr += dl[n - 1] * wr[n - 1, k]
-                    ti += dl[n - 1] * wi[n - 1, k]
-                if n < N - 1:
-                    tr += du[n] * wr[n + 1, k]
-                    ti += du[n] * wi[n + 1, k]
-                xr[n, k] = tr / pr[n]
-                xi[n, k] = ti / pr[n]
+            tr = work[o + ROW + RHS * BLOCK + k] - (bpr * wr - bpi * wi)
+            ti = work[o + ROW + (RHS + 1) * BLOCK + k] - (bpr * wi + bpi * wr)
+            inv = one / e2
+            twr = dn * wr + tl * work[o + W * BLOCK + k] + tu * work[o + 2 * ROW + W * BLOCK + k]
+            twi = dn * wi + tl * work[o + (W + 1) * BLOCK + k] + tu * work[o + 2 * ROW + (W + 1) * BLOCK + k]
+            from_x_row = e2 * t_norm * t_norm >= (bpr * bpr + bpi * bpi) * q * q
+            work[o + ROW + X * BLOCK + k] = (tr * er + ti * ei) * inv if from_x_row else twr / q
+            work[o + ROW + (X + 1) * BLOCK + k] = (ti * er - tr * ei) * inv if from_x_row else twi / q
 
 
 @numba.njit(inline="always")
-def block_nodes(a, beta, dt, k0, kn, ar, ai, br, bi):
-    """a_k and b_k = beta_k dt of the block's nodes k0 .. k0 + kn - 1; a, beta (K, 2)."""
-    for k in range(kn):
-        ar[k], ai[k] = a[k0 + k, 0], a[k0 + k, 1]
-        br[k], bi[k] = beta[k0 + k, 0] * dt, beta[k0 + k, 1] * dt
+def block_nodes(a, beta, dt, k0, kn, st, one, zero):
+    """a_k and b_k = beta_k dt of the nodes k0 .. k0 + kn - 1 into `st`; the rest of the block
+    padded with a = 1, b = 0. a, beta (K, 2)."""
+    for k in range(BLOCK):
+        inside = k < kn
+        j = k0 + k if inside else k0
+        st[SA * BLOCK + k] = a[j, 0] if inside else one
+        st[(SA + 1) * BLOCK + k] = a[j, 1] if inside else zero
+        st[SB * BLOCK + k] = beta[j, 0] * dt if inside else zero
+        st[(SB + 1) * BLOCK + k] = beta[j, 1] * dt if inside else zero
+
+
+@numba.njit(inline="always")
+def fill_rhs(work, B, N, zero):
+    """The right-hand side B (N,) real into a work array, for every node."""
+    for n in range(N):
+        o = n * ROW + ROW
+        for k in range(BLOCK):
+            work[o + RHS * BLOCK + k] = B[n]
+            work[o + (RHS + 1) * BLOCK + k] = zero
 
 
 @compile_loops
@@ -136,34 +180,31 @@ def resolvent_forward(a, beta, dt, dl, d, du, pl, pr, c, B, Ct, out):
     n_c, H, N = Ct.shape
     K = a.shape[0]
     S = d.shape[0]
-    one = d.dtype.type(1)
+    one, zero = d.dtype.type(1), d.dtype.type(0)
     for h in numba.prange(H):
         s = h if S > 1 else h - h  # (h - h, not 0: one integer type for both branches)
-        scratch = np.empty((8, N, BLOCK), dtype=d.dtype)
-        rr, ri = np.empty((N, BLOCK), dtype=d.dtype), np.zeros((N, BLOCK), dtype=d.dtype)
-        xr, xi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        wr, wi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        nodes = np.empty((4, BLOCK), dtype=d.dtype)
-        ar, ai, br, bi = nodes[0], nodes[1], nodes[2], nodes[3]
-        for n in range(N):
-            rr[n, :] = B[h, n]
+        work = np.zeros((N + 2) * ROW, dtype=d.dtype)
+        st = np.empty(ST * BLOCK, dtype=d.dtype)
+        acc = np.empty(2 * BLOCK, dtype=d.dtype)
+        fill_rhs(work, B[h], N, zero)
         for k0 in range(0, K, BLOCK):
             kn = min(BLOCK, K - k0)
-            block_nodes(a, beta, dt[h], k0, kn, ar, ai, br, bi)
-            shifted_solve(kn, ar, ai, br, bi, dl[s], d[s], du[s], pl[s], pr[s], c[s], rr, ri, scratch, xr, xi, wr,
-                          wi, one)
+            block_nodes(a, beta, dt[h], k0, kn, st, one, zero)
+            shifted_solve(work, st, dl[s], d[s], du[s], pl[s], pr[s], c[s], one, zero)
             for j in range(n_c):
-                for k in range(kn):
-                    out[j, h, k0 + k, 0] = 0
-                    out[j, h, k0 + k, 1] = 0
+                for k in range(2 * BLOCK):
+                    acc[k] = zero
                 for n in range(N):
-                    w = Ct[j, h, n]
-                    for k in range(kn):
-                        out[j, h, k0 + k, 0] += w * xr[n, k]
-                        out[j, h, k0 + k, 1] += w * xi[n, k]
+                    w, o = Ct[j, h, n], n * ROW + ROW
+                    for k in range(BLOCK):
+                        acc[k] += w * work[o + X * BLOCK + k]
+                        acc[BLOCK + k] += w * work[o + (X + 1) * BLOCK + k]
+                for k in range(kn):
+                    out[j, h, k0 + k, 0] = acc[k]
+                    out[j, h, k0 + k, 1] = acc[BLOCK + k]
 
 
-@compile_loops
+@compile_sums
 def resolvent_backward(a, beta, dt, dl, d, du, pl, pr, c, B, Ct, g, g_b, g_par, g_Ct):
     """Gradients of Re sum conj(g) y: g (C, H, K, 2) upstream; out g_b (H, K, 2) (w.r.t. b_hk,
     conjugated as torch expects), g_par (7, H, N) float64 per feature for (dl, d, du, pl, pr, c, B)
@@ -171,74 +212,86 @@ def resolvent_backward(a, beta, dt, dl, d, du, pl, pr, c, B, Ct, g, g_b, g_par, 
     n_c, H, N = Ct.shape
     K = a.shape[0]
     S = d.shape[0]
-    one = d.dtype.type(1)
+    one, zero = d.dtype.type(1), d.dtype.type(0)
     for h in numba.prange(H):
-        s = h if S > 1 else h - h  # (h - h, not 0: one integer type for both branches)
+        s = h if S > 1 else h - h
         dls, ds, dus, pls, prs, cs = dl[s], d[s], du[s], pl[s], pr[s], c[s]
-        scratch = np.empty((8, N, BLOCK), dtype=d.dtype)
-        rr, ri = np.empty((N, BLOCK), dtype=d.dtype), np.zeros((N, BLOCK), dtype=d.dtype)
-        qr, qi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        xr, xi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        wr, wi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        lr, li = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        mr, mi = np.empty((N, BLOCK), dtype=d.dtype), np.empty((N, BLOCK), dtype=d.dtype)
-        nodes = np.empty((4, BLOCK), dtype=d.dtype)
-        ar, ai, br, bi = nodes[0], nodes[1], nodes[2], nodes[3]
-        for n in range(N):
-            rr[n, :] = B[h, n]
+        fx = np.zeros((N + 2) * ROW, dtype=d.dtype)  # the system itself: x, w
+        fl = np.zeros((N + 2) * ROW, dtype=d.dtype)  # the transposed one: lambda, mu
+        st = np.empty(ST * BLOCK, dtype=d.dtype)
+        gblk = np.empty(n_c * 2 * BLOCK, dtype=d.dtype)  # the block's upstream gradient, 0 past K
+        gb = np.empty(2 * BLOCK, dtype=d.dtype)
+        fill_rhs(fx, B[h], N, zero)
         for k0 in range(0, K, BLOCK):
             kn = min(BLOCK, K - k0)
-            block_nodes(a, beta, dt[h], k0, kn, ar, ai, br, bi)
-            shifted_solve(kn, ar, ai, br, bi, dls, ds, dus, pls, prs, cs, rr, ri, scratch, xr, xi, wr, wi, one)
-            # psi = sum_c conj(g_c) Ct_c, then (a I + b M^T) lambda = psi: P and Q swapped, T transposed.
+            block_nodes(a, beta, dt[h], k0, kn, st, one, zero)
+            shifted_solve(fx, st, dls, ds, dus, pls, prs, cs, one, zero)
+            for j in range(n_c):
+                for k in range(BLOCK):
+                    gblk[(2 * j) * BLOCK + k] = g[j, h, k0 + k, 0] if k < kn else zero
+                    gblk[(2 * j + 1) * BLOCK + k] = g[j, h, k0 + k, 1] if k < kn else zero
+            # psi = sum_c conj(g_c) Ct_c; (a I + b M^T) lambda = psi: P and Q swapped, T transposed.
             for n in range(N):
-                for k in range(kn):
-                    qr[n, k] = 0
-                    qi[n, k] = 0
+                ln = fl[n * ROW + ROW:n * ROW + 2 * ROW]
+                for k in range(BLOCK):
+                    ln[RHS * BLOCK + k] = zero
+                    ln[(RHS + 1) * BLOCK + k] = zero
                 for j in range(n_c):
                     w = Ct[j, h, n]
-                    for k in range(kn):
-                        qr[n, k] += w * g[j, h, k0 + k, 0]
-                        qi[n, k] -= w * g[j, h, k0 + k, 1]
-            shifted_solve(kn, ar, ai, br, bi, dus, ds, dls, prs, pls, cs, qr, qi, scratch, lr, li, mr, mi, one)
+                    for k in range(BLOCK):
+                        ln[RHS * BLOCK + k] += w * gblk[(2 * j) * BLOCK + k]
+                        ln[(RHS + 1) * BLOCK + k] -= w * gblk[(2 * j + 1) * BLOCK + k]
+            shifted_solve(fl, st, dus, ds, dls, prs, pls, cs, one, zero)
             for j in range(n_c):
                 for n in range(N):
-                    acc = 0.0
-                    for k in range(kn):
-                        acc += g[j, h, k0 + k, 0] * xr[n, k] + g[j, h, k0 + k, 1] * xi[n, k]
+                    xn = fx[n * ROW + ROW:n * ROW + 2 * ROW]
+                    acc = zero
+                    for k in range(BLOCK):
+                        acc += gblk[(2 * j) * BLOCK + k] * xn[X * BLOCK + k] + gblk[(2 * j + 1) * BLOCK + k] * xn[
+                            (X + 1) * BLOCK + k]
                     g_Ct[j, h, n] += acc
-            for k in range(kn):
-                g_b[h, k0 + k, 0] = 0
-                g_b[h, k0 + k, 1] = 0
+            for k in range(2 * BLOCK):
+                gb[k] = zero
             for n in range(N):
-                cq, cp, pq = cs[n] * prs[n], cs[n] * pls[n], pls[n] * prs[n]
-                s_B, s_pl, s_pr, s_c, s_d, s_dl, s_du = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-                for k in range(kn):
-                    # inner = (Dg + T^{-1}) Q x = c q x + w; b lambda, b mu.
-                    inr, ini = cq * xr[n, k] + wr[n, k], cq * xi[n, k] + wi[n, k]
-                    blr, bli = br[k] * lr[n, k] - bi[k] * li[n, k], br[k] * li[n, k] + bi[k] * lr[n, k]
-                    bmr, bmi = br[k] * mr[n, k] - bi[k] * mi[n, k], br[k] * mi[n, k] + bi[k] * mr[n, k]
+                cq, cp, pq, p_n = cs[n] * prs[n], cs[n] * pls[n], pls[n] * prs[n], pls[n]
+                # Row N + 1 is zeros: the off-diagonal sums of the last row get nothing.
+                o = n * ROW + ROW
+                xn, x1, ln, l1 = fx[o:o + ROW], fx[o + ROW:o + 2 * ROW], fl[o:o + ROW], fl[o + ROW:o + 2 * ROW]
+                s_B, s_pl, s_pr, s_c, s_d, s_dl, s_du = zero, zero, zero, zero, zero, zero, zero
+                for k in range(BLOCK):
+                    br, bi = st[SB * BLOCK + k], st[(SB + 1) * BLOCK + k]
+                    xr, xi = xn[X * BLOCK + k], xn[(X + 1) * BLOCK + k]
+                    wr, wi = xn[W * BLOCK + k], xn[(W + 1) * BLOCK + k]
+                    lr, li = ln[X * BLOCK + k], ln[(X + 1) * BLOCK + k]
+                    mr, mi = ln[W * BLOCK + k], ln[(W + 1) * BLOCK + k]
+                    # inner = (Dg + T^{-1}) Q x = c q x + w; b lambda; b mu.
+                    inr, ini = cq * xr + wr, cq * xi + wi
+                    blr, bli = br * lr - bi * li, br * li + bi * lr
+                    bmr, bmi = br * mr - bi * mi, br * mi + bi * mr
                     # d Phi / d b_hk = -sum_n lambda_n p_n inner_n; torch wants its conjugate.
-                    lpr, lpi = lr[n, k] * pls[n], li[n, k] * pls[n]
-                    g_b[h, k0 + k, 0] -= lpr * inr - lpi * ini
-                    g_b[h, k0 + k, 1] += lpr * ini + lpi * inr
-                    s_B += lr[n, k]
+                    gb[k] -= p_n * (lr * inr - li * ini)
+                    gb[BLOCK + k] += p_n * (lr * ini + li * inr)
+                    s_B += lr
                     s_pl -= blr * inr - bli * ini
-                    tr, ti = cp * blr + bmr, cp * bli + bmi
-                    s_pr -= tr * xr[n, k] - ti * xi[n, k]
-                    s_c -= pq * (blr * xr[n, k] - bli * xi[n, k])
-                    s_d += bmr * wr[n, k] - bmi * wi[n, k]
-                    if n < N - 1:
-                        s_du += bmr * wr[n + 1, k] - bmi * wi[n + 1, k]
-                        s_dl += (br[k] * mr[n + 1, k] - bi[k] * mi[n + 1, k]) * wr[n, k] - (
-                            br[k] * mi[n + 1, k] + bi[k] * mr[n + 1, k]) * wi[n, k]
-                g_par[0, h, n] += s_dl
+                    s_pr -= (cp * blr + bmr) * xr - (cp * bli + bmi) * xi
+                    s_c -= pq * (blr * xr - bli * xi)
+                    s_d += bmr * wr - bmi * wi
+                    # T's off-diagonals: b mu_n w_{n+1} (du_n) and b mu_{n+1} w_n (dl_n).
+                    w2r, w2i = x1[W * BLOCK + k], x1[(W + 1) * BLOCK + k]
+                    m2r, m2i = l1[W * BLOCK + k], l1[(W + 1) * BLOCK + k]
+                    s_du += bmr * w2r - bmi * w2i
+                    s_dl += (br * m2r - bi * m2i) * wr - (br * m2i + bi * m2r) * wi
                 g_par[1, h, n] += s_d
-                g_par[2, h, n] += s_du
                 g_par[3, h, n] += s_pl
                 g_par[4, h, n] += s_pr
                 g_par[5, h, n] += s_c
                 g_par[6, h, n] += s_B
+                if n < N - 1:
+                    g_par[0, h, n] += s_dl
+                    g_par[2, h, n] += s_du
+            for k in range(kn):
+                g_b[h, k0 + k, 0] = gb[k]
+                g_b[h, k0 + k, 1] = gb[BLOCK + k]
 
 
 def _pairs(z: Tensor, dtype: torch.dtype) -> np.ndarray:
