@@ -2,9 +2,18 @@
 
     lssl train CONFIG [--resume [CHECKPOINT]] [--section.field=value ...]
     lssl eval CHECKPOINT [--split test] [--rate 2] [--batch-size N] [--device auto]
+    lssl compare GRID [--out DIR] [--quick] [--tasks A,B] [--models A,B] [--seeds 0,1] [--dry-run]
+                 [--section.field=value ...]
     lssl bench [kernels|layers|all] [--quick]
     lssl info
     lssl data list | prepare NAME [--root DIR] [-o KEY=VALUE]
+
+`compare` runs a study (`lssl.train.compare`): the grid file's tasks × models × seeds, each cell
+a `train` run in OUT/TASK/MODEL/seedK/ (finished cells are read, interrupted ones resumed), then
+OUT/summary.md and summary.json (per task: test metric mean ± std over seeds, the paired
+difference to the baseline model with a 95 % interval, time per cell) and OUT/TASK.png
+(validation metric per epoch). `--quick` shrinks every cell to seconds (one epoch, a few
+samples) and writes to OUT-quick by default; overrides apply to every cell.
 
 Mistakes in the input (a missing file, an unknown config field, a bad value, a corrupt
 checkpoint) are printed as one line `lssl: error: ...` with exit code 2; a diverged run exits
@@ -60,6 +69,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train.compare import compare
+
+    result = compare(args.grid, out=args.out, quick=args.quick, tasks=args.tasks, models=args.models,
+                     seeds=args.seeds, overrides=args.overrides, dry_run=args.dry_run)
+    if args.dry_run:
+        for label, state in result["statuses"].items():
+            print(f"{state:<8} {label}  ({result['run_dirs'][label]})")
+        return 0
+    print(f"summary: {Path(result['out']) / 'summary.md'}")
+    diverged = [label for label, state in result["statuses"].items() if state == "diverged"]
+    if diverged:
+        print(f"diverged: {'; '.join(diverged)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,6 +177,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="train a study grid (tasks x models x seeds) and tabulate it",
+                       description="Train every cell (task, model, seed) of GRID (a TOML file in configs/studies/) "
+                                   "into OUT/TASK/MODEL/seedK/, skipping finished cells and resuming interrupted "
+                                   "ones, then write OUT/summary.md, OUT/summary.json and OUT/TASK.png.",
+                       epilog="overrides: --section.field=value, applied to every cell after the grid's own")
+    p.add_argument("grid", help="study TOML file")
+    p.add_argument("--out", default=None, help="output root (default: the grid's out; OUT-quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="shrink every cell to seconds (smoke test)")
+    p.add_argument("--tasks", type=_names, default=None, metavar="A,B", help="run only these tasks")
+    p.add_argument("--models", type=_names, default=None, metavar="A,B", help="run only these models")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="0,1", help="replace the grid's seeds")
+    p.add_argument("--dry-run", action="store_true", help="check every cell and show its status; train nothing")
+    p.set_defaults(func=cmd_compare, takes_overrides=True)
 
     p = sub.add_parser("bench", help="run the speed/memory benchmarks",
                        description="Run benchmarks/kernels.py and/or benchmarks/layers.py (source checkout).")
