@@ -26,16 +26,25 @@ from lssl.kernels import reference
 from lssl.kernels.diag import DiagKernel
 from lssl.kernels.dplr import DPLRKernel
 from lssl.kernels.krylov import KrylovKernel
+from lssl.kernels.resolvent import ResolventKernel
 
 KERNELS: dict[str, Callable[[int, int], torch.nn.Module]] = {
     "S4D (diag, zoh)": lambda H, N: DiagKernel(d_model=H, d_state=N),
     "S4 (DPLR, legs)": lambda H, N: DPLRKernel(d_model=H, d_state=N),
     "LSSL (legs, learned A, dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N, learn_a=True, share_a=False),
     "LSSL (legs, fixed A, learned dt)": lambda H, N: KrylovKernel(d_model=H, d_state=N),
+    # The learned-A kernel by its generating function (O(H N L), no N^3 term).
+    "LSSL resolvent (legs, learned A, dt)": (
+        lambda H, N: ResolventKernel(d_model=H, d_state=N, learn_a=True, share_a=False)
+    ),
 }
-# The S4 kernel with its Cauchy sums as compiled loops, where numba is installed.
+# The S4 kernel with its Cauchy sums, and LSSL's resolvent kernel with its solves, as compiled
+# loops, where numba is installed.
 if importlib.util.find_spec("numba") is not None:
     KERNELS["S4 (DPLR, legs, numba)"] = lambda H, N: DPLRKernel(d_model=H, d_state=N, backend="numba")
+    KERNELS["LSSL resolvent (legs, learned A, dt, numba)"] = (
+        lambda H, N: ResolventKernel(d_model=H, d_state=N, learn_a=True, share_a=False, backend="numba")
+    )
 # (kernel, (H, N, L)) -> (max ratio to the floor or None, max peak MB).
 TARGETS = {
     ("S4D (diag, zoh)", (128, 64, 16000)): (1.0, 1024),

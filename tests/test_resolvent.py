@@ -238,7 +238,13 @@ def test_rate_uses_dt_times_rate_and_explicit_powers(f64, rate):
     A_ref, B_ref = discretize.gbt(A, B, k.dt * rate)
     assert_close(A_bar, A_ref)
     assert_close(B_bar, B_ref)
-    assert_close(K, reference.kernel(A_bar, B_bar, C, L))
+    R = reference.kernel(A_bar, B_bar, C, L)
+    assert_close(K, R)
+    params = dict(k.named_parameters())
+    G = torch.randn(*K.shape)
+    g_fast, g_ref = grads((K * G).sum(), params), grads((R * G).sum(), params)
+    for name in params:
+        assert_close(g_fast[name], g_ref[name], factor=10)
 
 
 def test_length_change_doubles_c_tilde_and_keeps_the_kernel(f64):
@@ -362,3 +368,12 @@ def test_roots_of_unity_beta_is_exact_at_nyquist():
     a, _ = roots_of_unity(8, C128)
     beta = 1 - 0.5 * a
     assert beta[-1].abs() < 1e-15 and math.isclose(a[-1].real, 2.0)
+
+
+@pytest.mark.parametrize("share_a", [True, False])
+def test_conversion_in_feature_blocks(f64, share_a):
+    """C~ is made FEATURE_BLOCK features at a time: more features than one block (and a short last
+    block) give the kernel of explicit powers for every feature, after a length doubling too."""
+    k = _learned("legt", share_a, N=4, H=70, channels=1)
+    for L in (20, 50):
+        assert_close(k(L), reference.kernel(*k.discrete(L), L))

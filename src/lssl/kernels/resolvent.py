@@ -52,6 +52,7 @@ C~ instead of C changes the parameterisation, not the model class: both reach ev
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ from ..ops.tridiagonal import gtsv, tridiagonal_matvec
 from .base import DiscreteSSM
 from .dplr import roots_of_unity
 from .krylov import KrylovKernel
-from .transition import TRID_INITS, TriD, TriDTransition
+from .transition import TRID_INITS, TriD, TriDTransition, trid_dense
 
 Tensor = torch.Tensor
 
@@ -72,6 +73,8 @@ GBT_ALPHA = {"forward_euler": 0.0, "bilinear": 0.5, "backward_euler": 1.0}
 
 # Complex entries of one (N, H, K_block) work tensor: the node blocks' size (16 MB complex64).
 BLOCK_ELEMENTS = 2**21
+# Features per dense A_bar block in the conversions between C and C~.
+FEATURE_BLOCK = 32
 
 
 def shifted_solve(p: TriD, a: Tensor, b: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
@@ -262,9 +265,16 @@ class ResolventKernel(KrylovKernel):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
-    def _A_bar(self, rate: float) -> Tensor:
-        """Dense A_bar (H, N, N) at step dt * rate."""
-        return self._discretize(rate)[0]
+    def _A_bar_blocks(self, rate: float) -> Iterator[tuple[slice, Tensor]]:
+        """The dense A_bar (h, N, N) at step dt * rate of `FEATURE_BLOCK` features at a time,
+        with their slice: the conversions between C and C~ then hold a few (h, N, N) matrices
+        instead of (H, N, N) ones (at H = N = 256, 8 MB each instead of 64)."""
+        p = self.transition.params()
+        dt = self.dt * rate
+        for start in range(0, self.d_model, FEATURE_BLOCK):
+            block = slice(start, min(start + FEATURE_BLOCK, self.d_model))
+            A, B = trid_dense(p if p.d.dim() == 1 else TriD(*(t[block] for t in p)))
+            yield block, discretize.DENSE[self.disc](A, B, dt[block])[0]
 
     @torch.no_grad()
     def _setup_C(self, length: int) -> None:
@@ -273,15 +283,19 @@ class ResolventKernel(KrylovKernel):
         lk = int(self.l_kernel)
         if lk >= length:
             return
-        A_bar = self._A_bar(1.0)  # (H, N, N)
-        C = self.C
+        # The conversion as a list of (sign, power): C <- C + sign (A_bar^power)^T C, in order.
+        steps = []
         if lk == 0:
             lk = length
-            C = C - (C[..., None, :] @ torch.linalg.matrix_power(A_bar, lk)).squeeze(-2)
+            steps.append((-1, lk))
         while lk < length:
-            C = C + (C[..., None, :] @ torch.linalg.matrix_power(A_bar, lk)).squeeze(-2)
+            steps.append((1, lk))
             lk *= 2
-        self.C.copy_(C)
+        for block, A_bar in self._A_bar_blocks(1.0):
+            C = self.C[:, block]  # (C, h, N)
+            for sign, power in steps:
+                C = C + sign * (C[..., None, :] @ torch.linalg.matrix_power(A_bar, power)).squeeze(-2)
+            self.C[:, block] = C
         self.l_kernel.fill_(lk)
 
     def _nodes(self, L: int, rate: float) -> int:

@@ -23,10 +23,11 @@ Differences from the official code (s4 repo, hippo/transition.py):
 * no N(0, 0.01^2) noise on LegT's d (F28): the init is HiPPO exactly, and deterministic;
 * dl, du have length N - 1 (the official N + 1 with zero ends is the layout of its unpublished
   CUDA extension, F1);
-* T^{-1} is formed densely by a solve. The official O(N) tridiagonal primitives only speed up
-  forming A_bar, which the Krylov kernel then uses densely anyway (spec A.6), so a dense solve
-  costs the same order as the kernel's own discretisation for N <= 256 and is differentiable
-  by plain autograd.
+* for the Krylov kernel (`krylov.py`) T^{-1} is formed densely by a solve: the official O(N)
+  tridiagonal primitives only speed up forming A_bar, which that kernel then squares densely
+  anyway (spec A.6). The structure pays off in the generating function instead: the resolvent
+  kernel (`resolvent.py`) solves the shifted systems (a I + b M) x = B through one tridiagonal
+  system each, O(N) per frequency node, with no N^3 term at all.
 
 Transitions without a TriD form ('fout') are stored densely (`DenseTransition`).
 """
