@@ -377,3 +377,17 @@ def test_conversion_in_feature_blocks(f64, share_a):
     k = _learned("legt", share_a, N=4, H=70, channels=1)
     for L in (20, 50):
         assert_close(k(L), reference.kernel(*k.discrete(L), L))
+
+
+def test_bidirectional_layer_equals_krylov_layer_with_the_same_system(f64):
+    """A bidirectional resolvent layer (two kernel channels per feature, the second one run
+    backwards) equals the Krylov layer given the plain C its C~ stands for."""
+    H = 3
+    resolvent = lssl.LSSL(H, d_state=6, channels=2, bidirectional=True, kernel="resolvent", learn_a=True)
+    krylov = lssl.LSSL(H, d_state=6, channels=2, bidirectional=True, learn_a=True)
+    x = torch.randn(2, 25, H)
+    y = resolvent(x)
+    state = {k: v for k, v in resolvent.state_dict().items() if k != "kernel.l_kernel"}
+    state["kernel.C"] = resolvent.kernel.discrete(25).C
+    krylov.load_state_dict(state)
+    assert_close(krylov(x), y)
