@@ -88,6 +88,11 @@ def test_task_table_by_hand():
     assert "| new | 0.7000 ± 0.1000 | +0.1000 [-0.1484, +0.3484] | 0.6000 ± 0.1000 | 3 | 40 |" in text
     assert "| base | 0.6000 ± 0.1000 | baseline |" in text
     assert "| lone | 0.9000 | +0.3000 [–, –] |" in text
+    unrun = [Outcome(Cell("task", "base", seed, config.Config()), "new") for seed in range(9)]
+    unrun_table = compare.summarise_task(unrun, ["base"], "base")
+    assert len(unrun_table["missing"]) == 9
+    assert "No finished cells yet.\n\nNot finished: 9 cells (listed in summary.json)." in compare.markdown(
+        {**summary, "tasks": {"task": unrun_table}})
     regression = compare.summarise_task([outcome("base", 0, 2.0, 2.0, [1.0], "rmse")], ["base"], "base")
     assert regression["direction"] == "min"
     assert "rmse (lower is better)" in compare.markdown({**summary, "tasks": {"task": regression}})

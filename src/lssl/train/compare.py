@@ -17,7 +17,8 @@ Cell (task, model, seed) is the task's config with the task's overrides, then th
 then the command line's, and `seed` set; it trains into OUT/TASK/MODEL/seedK/. A cell whose
 directory holds `results.json` (written by `fit` when a run ends) is finished and only read; one
 with a checkpoint is resumed; any other is started. A directory that holds a run of a different
-config is an error rather than a silent mix of two studies.
+config is an error rather than a silent mix of two studies. Cells run one after another in
+this one process (a study is not launched under torchrun).
 
 Per task the table gives, over seeds, the mean ± sample standard deviation of the test metric
 (scored by `fit` with the run's best-validation checkpoint), the paired difference
@@ -62,6 +63,7 @@ QUICK_SIZES = {"n_train": 32, "n_val": 16, "n_test": 16}
 # is not refused for a difference in these.
 IGNORED_FIELDS = ("name", "out", "train.progress", "train.tensorboard", "data.root", "data.num_workers")
 LEVEL = 0.95  # of the paired-difference intervals
+MISSING_LISTED = 8  # summary.md names at most this many unfinished cells of a task
 
 
 # ----------------------------------------------------------------------------- table maths
@@ -483,7 +485,9 @@ def markdown(summary: dict[str, Any]) -> str:
                       "Plots need matplotlib: `pip install lssl[plot]`."]
         if t.get("diverged"):
             lines += ["", "Diverged: " + "; ".join(t["diverged"]) + "."]
-        if t["missing"]:
+        if len(t["missing"]) > MISSING_LISTED:
+            lines += ["", f"Not finished: {len(t['missing'])} cells (listed in summary.json)."]
+        elif t["missing"]:
             lines += ["", "Not finished: " + "; ".join(t["missing"]) + "."]
     return "\n".join(lines) + "\n"
 
