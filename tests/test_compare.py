@@ -260,3 +260,13 @@ def test_a_diverged_cell_is_reported_and_the_study_goes_on(study, monkeypatch, c
     text = (study / "runs" / "tiny-quick" / "summary.md").read_text()
     assert "Diverged: adding / s4d / seed 3; adding / liquid-kb2 / seed 3." in text
     assert "Not finished: parity / s4d / seed 3 (new)" in text
+
+
+def test_shipped_study_grids_load_and_resolve(tmp_path):
+    """Every grid in configs/studies/ parses, and each of its cells loads as a valid config."""
+    root = Path(__file__).resolve().parents[1]
+    grids = sorted((root / "configs" / "studies").glob("*.toml"))
+    assert grids
+    for path in grids:
+        grid = compare.load_grid(path)
+        assert compare.resolve(grid, tmp_path, quick=True)

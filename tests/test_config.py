@@ -13,7 +13,9 @@ from lssl.data import DATASETS
 from lssl.errors import UserError
 from lssl.train.loop import build_model, model_arguments
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+ROOT = Path(__file__).resolve().parents[1]
+# Experiment configs; configs/studies/ holds `lssl compare` grids (tested in test_compare.py).
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.toml") if "studies" not in p.relative_to(ROOT).parts)
 
 
 def _param(path: Path):
