@@ -391,3 +391,21 @@ def test_bidirectional_layer_equals_krylov_layer_with_the_same_system(f64):
     state["kernel.C"] = resolvent.kernel.discrete(25).C
     krylov.load_state_dict(state)
     assert_close(krylov(x), y)
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_equals_cpu(f64):
+    """The torch solves run on any device: on CUDA the kernel and its gradients equal the CPU
+    ones; the compiled loops refuse CUDA tensors with a clear error."""
+    k = _learned("legs", False, N=16, H=4)
+    K = k(128)
+    g_cpu = grads(K.pow(2).sum(), dict(k.named_parameters()))
+    k_cuda = _learned("legs", False, N=16, H=4).cuda()
+    k_cuda.load_state_dict(k.state_dict())
+    K_cuda = k_cuda(128)
+    assert_close(K_cuda.cpu(), K)
+    g_cuda = grads(K_cuda.pow(2).sum(), dict(k_cuda.named_parameters()))
+    for name, g in g_cpu.items():
+        assert_close(g_cuda[name].cpu(), g)
+    with pytest.raises(ValueError, match="CPU tensors"):
+        ResolventKernel(4, 8, learn_a=True, backend="numba").cuda()(16)
