@@ -8,20 +8,21 @@ PB (`WindowPolynomialNumba`):
     z[b, k, h] = sum_{p=2..P} a[p-2, b, h] e_p(x[b, k-W_p+1, h], ..., x[b, k, h])
 
 (zeros before the start), the function of `kernels.liquid.WindowPolynomial`. Where the torch
-version makes a dozen passes over (B, H, L) float64 temporaries (prefix power sums, window
-differences, Newton's identities), this keeps the window power sums in float64 and slides them:
-add x_k^j, subtract x_{k-W}^j, then Newton's identities, each order p with its own window and
-state, all orders over one time block (`WINDOW_BLOCK`) before the next. The running sums carry
-the same float64 round-off as the prefix differences (an outlier's x^p leaves its rounding
-behind in both). Orders 2 to 4 have written-out loops (`forward_2` .. `forward_4`,
-`backward_2` .. `backward_4`) beside the generic ones for any p, with the same arithmetic in the
-same order.
+version makes a dozen passes over (B, H, L) float64 temporaries (block prefix and suffix power
+sums, Newton's identities), this keeps the window power sums in float64 as one running sum and
+one buffer per order: prefix and suffix sums restart at every block of W samples, the window at
+k is the prefix of k's block plus the suffix of the block before, so its sums hold its own
+samples only (a sliding sum, add x_k^j and subtract x_{k-W}^j, keeps an outlier's rounding in
+every later window). Then Newton's identities; each order p has its own window and state, and
+all orders run over one time block (`WINDOW_BLOCK`) before the next. Orders 2 to 4 have
+written-out loops (`forward_2` .. `forward_4`, `backward_2` .. `backward_4`) beside the generic
+ones for any p, with the same arithmetic in the same order.
 
 Backward: dz/dx_i = sum_p a_p sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum of g_k e_{p-j}(k)
 over the windows k that contain i, k = i .. i+W-1 (`horner_gradient` in liquid.py). One reverse
-sweep slides the window state back and keeps R_j as running sums: each sample's terms enter R and
-wait in a ring buffer of the last W samples until they leave it, so only x is saved by the
-forward and the e's are recomputed.
+sweep recomputes the window sums (the same values as the forward's) and splits R_j at the same
+blocks: the terms of i's block from i on, a running sum, plus the prefix sums of the next
+block's terms, kept in a ring buffer of one block; so only x is saved by the forward.
 
 KB (`PrefixPolynomialNumba`): w_i = x_i (1 + sum_{q=0..Q} c_q E_q(i)), E_q(i) = e_q(x_0..x_{i-1}),
 the function of `kernels.liquid.PrefixPolynomial`, by the defining recurrence itself,
@@ -54,33 +55,48 @@ WINDOW_BLOCK = 64
 
 @numba.njit(inline="always")
 def state_rows(p):
-    """Rows of an order's running state (`window_forward`, `window_backward`): 0..p the window
-    power sums (row 0 unused), p+1..2p+1 e_0..e_p, 2p+2..3p+2 R_0..R_p (R_0 unused), 3p+3 the
-    gradient of a_p, then three rows of scratch. The written-out orders use only the power sums,
-    R and the gradient rows."""
-    return 3 * p + 7
+    """Rows of an order's running state: 0 the gradient of a_p; 1..p the backward's running sums
+    R_1..R_p; p+1..2p+1 the running part of the window power sums, T in the forward and U in the
+    backward (row p+1 unused); 2p+2..3p+2 the window power sums p_0..p_p (p_0 unused);
+    3p+3..4p+3 e_0..e_p; 4p+4 a power; 4p+5 Horner's sum."""
+    return 4 * p + 6
 
 
 @numba.njit(inline="always")
-def slide(ps, x_add, x_remove, p, t_add, t_remove):
-    """ps[j] += x_add^j - x_remove^j, j = 1..p, for every feature: the sample x_add (H,) enters
-    the window, x_remove (H,) leaves it (a row of zeros where none does)."""
-    H = x_add.shape[0]
+def state_views(st, p):
+    """(R, run, ps, e, t, horner): the rows of `state_rows` (R[0] the gradient of a_p)."""
+    return (
+        st[: p + 1], st[p + 1 : 2 * p + 2], st[2 * p + 2 : 3 * p + 3], st[3 * p + 3 : 4 * p + 4], st[4 * p + 4],
+        st[4 * p + 5],
+    )
+
+
+@numba.njit(inline="always")
+def add_powers(acc, x_i, p, t):
+    """acc[j] += x_i^j, j = 1..p, for every feature (x_i (H,); t (H,) scratch)."""
+    H = x_i.shape[0]
     for h in range(H):
-        t_add[h] = x_add[h]
-        t_remove[h] = x_remove[h]
+        t[h] = x_i[h]
     for j in range(1, p + 1):
         for h in range(H):
-            ps[j, h] += t_add[h] - t_remove[h]
-            t_add[h] *= x_add[h]
-            t_remove[h] *= x_remove[h]
+            acc[j, h] += t[h]
+            t[h] *= x_i[h]
 
 
 @numba.njit(inline="always")
-def before_window(x, b, k, W, zero):
-    """x[b, k - W] (H,), the sample just before the window of the last W samples ending at k:
-    the one that leaves the window when it moves to k, zeros before the start."""
-    return x[b, k - W] if k >= W else zero
+def clear(rows):
+    """rows[1:] = 0 (row 0 unused)."""
+    for j in range(1, rows.shape[0]):
+        for h in range(rows.shape[1]):
+            rows[j, h] = 0.0
+
+
+@numba.njit(inline="always")
+def add_rows(ps, a, c):
+    """ps[j] = a[j] + c[j], j >= 1, for every feature."""
+    for j in range(1, ps.shape[0]):
+        for h in range(ps.shape[1]):
+            ps[j, h] = a[j, h] + c[j, h]
 
 
 @numba.njit(inline="always")
@@ -108,73 +124,156 @@ def newton(ps, p, e):
             e[q, h] = (e[q, h] + sign * ps[q, h]) * inv
 
 
-# One time block of one order, forward: z[b, k] += a_b e_p(window at k), k = k0..k1-1, from the
-# state st (`state_rows`) at k0 - 1. `forward_any` is the generic order; `forward_2` ..
-# `forward_4` the orders up to the benchmarked degrees (P <= 4) written out: one loop over the
-# features per sample with a feature's sums in registers, where the generic one runs a loop per
-# power and per step of Newton's identities, each streaming its operands through memory.
-# Same arithmetic in the same order, so the two agree to the last bit (the tests hold them
-# together).
+# The window power sums. Prefix and suffix sums restart at every block of W samples (as in
+# `kernels.liquid.block_sums`): the window ending at k = bW + r is the prefix of block b up to
+# k, T(k), plus the suffix of block b - 1 after k - W, U(k), so that its sums add its own samples
+# only; sliding one sum (add the entering sample, subtract the leaving one) would keep the
+# rounding of every sample that ever entered, eps x^p of an outlier x in every later window. The
+# forward runs T and reads U from a buffer that `suffix_sums` fills at the start of each block;
+# the backward sweep runs U and reads T from a buffer that `prefix_sums` fills on entering a
+# block. Both sum in the same order, so forward and backward see the same e's.
 
 
 @numba.njit(inline="always")
-def forward_any(x, b, k0, k1, p, W, a_b, z, st, zero):
-    e, t_add, t_remove = st[p + 1 : 2 * p + 2], st[3 * p + 4], st[3 * p + 5]
+def add_row(u, before, x_m, p, t, fused):
+    """u[j] = before[j] + x_m^j, j = 1..p, for every feature (x_m (H,)): in one loop over the
+    features (fused, for the written-out orders: inlined with a constant p, the loop over j
+    unrolls and the compiler vectorises the features), or in a loop per power (t (H,) scratch),
+    vectorised for any p. Same arithmetic either way."""
+    H = x_m.shape[0]
+    if fused:
+        for h in range(H):
+            v = np.float64(x_m[h])
+            power = v
+            for j in range(1, p + 1):
+                u[j, h] = before[j, h] + power
+                power *= v
+    else:
+        for h in range(H):
+            t[h] = x_m[h]
+        for j in range(1, p + 1):
+            for h in range(H):
+                u[j, h] = before[j, h] + t[h]
+                t[h] *= x_m[h]
+
+
+@numba.njit(inline="always")
+def suffix_sums(x, b, k0, W, p, buf, t, fused):
+    """buf[r, j] = U(k0 + r) (every feature), the sums of x^j over the block of W samples before
+    k0 (a multiple of W) after k0 - W + r, for the rows r of buf (zeros at the start), each row
+    from the one after it (`add_row`)."""
+    H = x.shape[2]
+    for r in range(buf.shape[0] - 1, -1, -1):
+        if r == W - 1 or k0 == 0:
+            for j in range(1, p + 1):
+                for h in range(H):
+                    buf[r, j, h] = 0.0
+        else:  # buf has W rows here: n > k0 >= W
+            add_row(buf[r], buf[r + 1], x[b, k0 - W + r + 1], p, t, fused)
+
+
+@numba.njit(inline="always")
+def prefix_sums(x, b, k0, p, buf, zero, t, fused):
+    """buf[r, j] = T(k0 + r) (every feature), the sums of x^j over x[b, k0 .. k0 + r], for
+    r < min(rows of buf, n - k0), each row from the one before it (`add_row`); zero (p+1, H)
+    holds zeros."""
+    for r in range(min(buf.shape[0], x.shape[1] - k0)):
+        add_row(buf[r], zero if r == 0 else buf[r - 1], x[b, k0 + r], p, t, fused)
+
+
+# One time block of one order, forward: z[b, k] += a_b e_p(window at k), k = k0..k1-1, with T in
+# the state's running rows and U in buf (min(W, n), p+1, H). `forward_any` is the generic order;
+# `forward_2` .. `forward_4` the orders up to the benchmarked degrees (P <= 4) written out: one
+# loop over the features per sample with a feature's sums in registers, where the generic one
+# runs a loop per power and per step of Newton's identities, each streaming its operands through
+# memory (and likewise for the block buffers, `add_row`). Same arithmetic in the same order, so
+# the two agree to the last bit (the tests hold them together).
+
+
+@numba.njit(inline="always")
+def forward_any(x, b, k0, k1, p, W, a_b, z, st, buf):
+    _, run, ps, e, t, _ = state_views(st, p)
     H = x.shape[2]
     for k in range(k0, k1):
-        slide(st, x[b, k], before_window(x, b, k, W, zero), p, t_add, t_remove)
-        newton(st, p, e)
+        r = k % W
+        if r == 0:
+            suffix_sums(x, b, k, W, p, buf, t, False)
+            clear(run)
+        add_powers(run, x[b, k], p, t)
+        add_rows(ps, run, buf[r])
+        newton(ps, p, e)
         z_k = z[b, k]
         for h in range(H):
             z_k[h] += a_b[h] * e[p, h]
 
 
 @numba.njit(inline="always")
-def forward_2(x, b, k0, k1, W, a_b, z, st, zero):
+def forward_2(x, b, k0, k1, W, a_b, z, st, buf):
+    _, run, _, _, t, _ = state_views(st, 2)
+    run1, run2 = run[1], run[2]
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
+        r = k % W
+        if r == 0:
+            suffix_sums(x, b, k, W, 2, buf, t, True)
+            clear(run)
+        x_k, u, z_k = x[b, k], buf[r], z[b, k]
         for h in range(H):
-            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
-            p1 = st[1, h] + (u - v)
-            p2 = st[2, h] + (u * u - v * v)
-            st[1, h] = p1
-            st[2, h] = p2
+            v = np.float64(x_k[h])
+            s1 = run1[h] + v
+            s2 = run2[h] + v * v
+            run1[h] = s1
+            run2[h] = s2
+            p1, p2 = s1 + u[1, h], s2 + u[2, h]
             z_k[h] += a_b[h] * ((p1 * p1 - p2) * 0.5)
 
 
 @numba.njit(inline="always")
-def forward_3(x, b, k0, k1, W, a_b, z, st, zero):
+def forward_3(x, b, k0, k1, W, a_b, z, st, buf):
+    _, run, _, _, t, _ = state_views(st, 3)
+    run1, run2, run3 = run[1], run[2], run[3]
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
+        r = k % W
+        if r == 0:
+            suffix_sums(x, b, k, W, 3, buf, t, True)
+            clear(run)
+        x_k, u, z_k = x[b, k], buf[r], z[b, k]
         for h in range(H):
-            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
-            p1 = st[1, h] + (u - v)
-            p2 = st[2, h] + (u * u - v * v)
-            p3 = st[3, h] + (u * u * u - v * v * v)
-            st[1, h] = p1
-            st[2, h] = p2
-            st[3, h] = p3
+            v = np.float64(x_k[h])
+            s1 = run1[h] + v
+            s2 = run2[h] + v * v
+            s3 = run3[h] + v * v * v
+            run1[h] = s1
+            run2[h] = s2
+            run3[h] = s3
+            p1, p2, p3 = s1 + u[1, h], s2 + u[2, h], s3 + u[3, h]
             e2 = (p1 * p1 - p2) * 0.5
             z_k[h] += a_b[h] * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
 
 
 @numba.njit(inline="always")
-def forward_4(x, b, k0, k1, W, a_b, z, st, zero):
+def forward_4(x, b, k0, k1, W, a_b, z, st, buf):
+    _, run, _, _, t, _ = state_views(st, 4)
+    run1, run2, run3, run4 = run[1], run[2], run[3], run[4]
     H = x.shape[2]
     for k in range(k0, k1):
-        x_add, x_remove, z_k = x[b, k], before_window(x, b, k, W, zero), z[b, k]
+        r = k % W
+        if r == 0:
+            suffix_sums(x, b, k, W, 4, buf, t, True)
+            clear(run)
+        x_k, u, z_k = x[b, k], buf[r], z[b, k]
         for h in range(H):
-            u, v = np.float64(x_add[h]), np.float64(x_remove[h])
-            p1 = st[1, h] + (u - v)
-            p2 = st[2, h] + (u * u - v * v)
-            p3 = st[3, h] + (u * u * u - v * v * v)
-            p4 = st[4, h] + (u * u * u * u - v * v * v * v)
-            st[1, h] = p1
-            st[2, h] = p2
-            st[3, h] = p3
-            st[4, h] = p4
+            v = np.float64(x_k[h])
+            s1 = run1[h] + v
+            s2 = run2[h] + v * v
+            s3 = run3[h] + v * v * v
+            s4 = run4[h] + v * v * v * v
+            run1[h] = s1
+            run2[h] = s2
+            run3[h] = s3
+            run4[h] = s4
+            p1, p2, p3, p4 = s1 + u[1, h], s2 + u[2, h], s3 + u[3, h], s4 + u[4, h]
             e2 = (p1 * p1 - p2) * 0.5
             e3 = (e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0)
             z_k[h] += a_b[h] * ((e3 * p1 - e2 * p2 + p1 * p3 - p4) * 0.25)
@@ -188,147 +287,222 @@ def window_forward(x, a, orders, windows, z, written_out):
     B, n, H = x.shape
     for b in numba.prange(B):
         states = [np.zeros((state_rows(p), H)) for p in orders]
+        bufs = [np.empty((min(W, n), p + 1, H)) for p, W in zip(orders, windows)]
         for o in range(len(orders)):
-            states[o][orders[o] + 1] = 1.0  # e_0
-        zero = np.zeros_like(x[b, 0])
+            states[o][3 * orders[o] + 3] = 1.0  # e_0
         for k0 in range(0, n, WINDOW_BLOCK):
             k1 = min(n, k0 + WINDOW_BLOCK)
             z[b, k0:k1] = 0.0
             for o in range(len(orders)):
-                p, W, st = orders[o], windows[o], states[o]
+                p, W, st, buf = orders[o], windows[o], states[o], bufs[o]
                 if written_out and p == 2:
-                    forward_2(x, b, k0, k1, W, a[o, b], z, st, zero)
+                    forward_2(x, b, k0, k1, W, a[o, b], z, st, buf)
                 elif written_out and p == 3:
-                    forward_3(x, b, k0, k1, W, a[o, b], z, st, zero)
+                    forward_3(x, b, k0, k1, W, a[o, b], z, st, buf)
                 elif written_out and p == 4:
-                    forward_4(x, b, k0, k1, W, a[o, b], z, st, zero)
+                    forward_4(x, b, k0, k1, W, a[o, b], z, st, buf)
                 else:
-                    forward_any(x, b, k0, k1, p, W, a[o, b], z, st, zero)
+                    forward_any(x, b, k0, k1, p, W, a[o, b], z, st, buf)
 
 
-# One time block of one order, backward, i = i1-1 down to i0, from the state st at the window
-# k = i1 - 1: gx[b, i] += a_b sum_{j=1..p} (-x_i)^{j-1} R_j(i), R_j(i) = sum_{k=i..i+W-1} g_k
-# e_{p-j}(k), kept as running sums: sample i's terms enter R and wait in the ring buffer of the
-# last `slots` samples (row slot * p + j - 1) until they leave it. The ring starts at zero: a
-# slot is read before its first write exactly while no sample has left the window yet, so
-# subtracting it then subtracts 0. The gradient of a_p, sum_k g_k e_p(k), accumulates in its row.
+# One time block of one order, backward, i = i1-1 down to i0: gx[b, i] += a_b sum_{j=1..p}
+# (-x_i)^{j-1} R_j(i), R_j(i) = sum_{k=i..i+W-1} g_k e_{p-j}(k), split at the blocks of W samples
+# as the window sums are: the terms of i's block from i on (the running sums R_j, restarted at
+# every block) plus those of the next block before i + W. The ring holds one term per sample of
+# a block (slot r + 1 for offset r, rows slot * p + j - 1; slot 0 stays zero): on entering a
+# block the next block's terms become their prefix sums in place (`enter_block`), and the sample
+# at offset r reads slot r (offset r - 1 of the next block) before its own terms take slot r + 1,
+# whose prefix sum the sample after it has read. The gradient of a_p, sum_k g_k e_p(k),
+# accumulates in its row. The running U gains the sample x[i - W + 1] at every step but at a
+# block's last offset, where the sweep enters it (`leaving_sample`).
 
 
 @numba.njit(inline="always")
-def backward_any(x, b, i0, i1, p, W, a_b, g, gx, st, ring, zero):
-    e, R, t_add, t_remove, acc = st[p + 1 : 2 * p + 2], st[2 * p + 2 : 3 * p + 3], st[3 * p + 4], st[3 * p + 5], st[3 * p + 6]
-    g_sum = st[3 * p + 3]
-    H, slots = x.shape[2], ring.shape[0] // p
+def enter_block(x, b, k0, r, W, p, buf, ring, R, run, t, fused):
+    """The backward sweep enters the block of W samples from k0 at offset r (its last sample):
+    the next block's terms in the ring become their prefix sums (slots past the end of the
+    sequence hold zeros, so they repeat the total), the running sums R restart, T goes to buf
+    (`prefix_sums`, fused as in `add_row`) and `run` starts U with the block before's samples
+    after k0 - W + r + 1 (the step at offset r adds the next one, `leaving_sample`)."""
+    H = x.shape[2]
+    if k0 + W < x.shape[1]:
+        for s in range(2, W + 1):
+            for j in range(p):
+                total, before = ring[s * p + j], ring[(s - 1) * p + j]
+                for h in range(H):
+                    total[h] += before[h]
+    clear(R)
+    clear(run)
+    prefix_sums(x, b, k0, p, buf, run, t, fused)
+    if k0 > 0:
+        for m in range(W - 1, r + 1, -1):
+            add_powers(run, x[b, k0 - W + m], p, t)
+
+
+@numba.njit(inline="always")
+def leaving_sample(x, b, i, r, W, zero):
+    """The sample that joins the backward's running U at i (offset r in its block): x[i - W + 1],
+    which the window at i holds and the window at i + 1 does not (offset r + 1 of the block
+    before); zeros at a block's last offset and in the first block."""
+    return x[b, i - W + 1] if r < W - 1 and i >= W else zero
+
+
+@numba.njit(inline="always")
+def backward_any(x, b, i0, i1, p, W, a_b, g, gx, st, buf, ring, zero):
+    R, run, ps, e, t, horner = state_views(st, p)
+    n, H = x.shape[1], x.shape[2]
     for i in range(i1 - 1, i0 - 1, -1):
-        newton(st, p, e)
+        r = i % W
+        if r == W - 1 or i == n - 1:
+            enter_block(x, b, i - r, r, W, p, buf, ring, R, run, t, False)
+        add_powers(run, leaving_sample(x, b, i, r, W, zero), p, t)
+        add_rows(ps, buf[r], run)
+        newton(ps, p, e)
         x_i, g_i, gx_i = x[b, i], g[b, i], gx[b, i]
-        row = (i % slots) * p
-        # R_j gains sample i's term and loses sample i + W's, in the slot that sample i's term
-        # takes over; descending j, Horner's sum in the same pass.
+        # Descending j, Horner's sum in the same pass.
         for j in range(p, 0, -1):
-            ring_j, R_j, e_j = ring[row + j - 1], R[j], e[p - j]
+            e_j, R_j, nxt, own = e[p - j], R[j], ring[r * p + j - 1], ring[(r + 1) * p + j - 1]
             for h in range(H):
                 term = g_i[h] * e_j[h]
-                r = R_j[h] + term - ring_j[h]
-                R_j[h] = r
-                ring_j[h] = term
-                acc[h] = r if j == p else r - x_i[h] * acc[h]
+                s = R_j[h] + term
+                R_j[h] = s
+                own[h] = term
+                v = s + nxt[h]
+                horner[h] = v if j == p else v - x_i[h] * horner[h]
+        g_sum = R[0]
         for h in range(H):
             g_sum[h] += g_i[h] * e[p, h]
-            gx_i[h] += a_b[h] * acc[h]
-        slide(st, before_window(x, b, i, W, zero), x_i, p, t_add, t_remove)  # the window at i - 1
+            gx_i[h] += a_b[h] * horner[h]
+
+
+# The written-out orders take two loops over the features per sample: U gains its sample and
+# buf[r] turns from T into the window power sums; then the rest, indexing st (0: the gradient of
+# a_p, j: R_j), ring, x, g and gx directly (order 4: the terms into the ring, then the sums R and
+# Horner's rule). In one loop, or through a view per row, the compiler left the rest scalar (too
+# many arrays to check for overlap), as slow as the generic loops.
 
 
 @numba.njit(inline="always")
-def backward_2(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
-    H, slots = x.shape[2], ring.shape[0] // 2
+def backward_2(x, b, i0, i1, W, a_b, g, gx, st, buf, ring, zero):
+    R, run, _, _, t, _ = state_views(st, 2)
+    run1, run2 = run[1], run[2]
+    n, H = x.shape[1], x.shape[2]
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
-        ring1, ring2 = ring[2 * (i % slots)], ring[2 * (i % slots) + 1]
+        r = i % W
+        if r == W - 1 or i == n - 1:
+            enter_block(x, b, i - r, r, W, 2, buf, ring, R, run, t, True)
+        x_u, ps = leaving_sample(x, b, i, r, W, zero), buf[r]
         for h in range(H):
-            p1, p2, gk, xv = st[1, h], st[2, h], np.float64(g_i[h]), np.float64(x_i[h])
+            v = np.float64(x_u[h])
+            u1 = run1[h] + v
+            u2 = run2[h] + v * v
+            run1[h] = u1
+            run2[h] = u2
+            ps[1, h] += u1
+            ps[2, h] += u2
+        q = 2 * r
+        for h in range(H):
+            p1, p2 = buf[r, 1, h], buf[r, 2, h]
+            gk, xv = np.float64(g[b, i, h]), np.float64(x[b, i, h])
             t1 = gk * p1  # g e_1; g e_0 = g
-            r1 = st[7, h] + t1 - ring1[h]
-            r2 = st[8, h] + gk - ring2[h]
-            st[7, h] = r1
-            st[8, h] = r2
-            ring1[h] = t1
-            ring2[h] = gk
-            st[9, h] += gk * ((p1 * p1 - p2) * 0.5)
-            gx_i[h] += a_b[h] * (r1 - xv * r2)
-            u = np.float64(x_add[h])
-            st[1, h] = p1 + (u - xv)
-            st[2, h] = p2 + (u * u - xv * xv)
+            s1 = st[1, h] + t1
+            s2 = st[2, h] + gk
+            st[1, h] = s1
+            st[2, h] = s2
+            ring[q + 2, h] = t1
+            ring[q + 3, h] = gk
+            st[0, h] += gk * ((p1 * p1 - p2) * 0.5)
+            gx[b, i, h] += a_b[h] * ((s1 + ring[q, h]) - xv * (s2 + ring[q + 1, h]))
 
 
 @numba.njit(inline="always")
-def backward_3(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
-    H, slots = x.shape[2], ring.shape[0] // 3
+def backward_3(x, b, i0, i1, W, a_b, g, gx, st, buf, ring, zero):
+    R, run, _, _, t, _ = state_views(st, 3)
+    run1, run2, run3 = run[1], run[2], run[3]
+    n, H = x.shape[1], x.shape[2]
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
-        row = 3 * (i % slots)
-        ring1, ring2, ring3 = ring[row], ring[row + 1], ring[row + 2]
+        r = i % W
+        if r == W - 1 or i == n - 1:
+            enter_block(x, b, i - r, r, W, 3, buf, ring, R, run, t, True)
+        x_u, ps = leaving_sample(x, b, i, r, W, zero), buf[r]
         for h in range(H):
-            p1, p2, p3, gk, xv = st[1, h], st[2, h], st[3, h], np.float64(g_i[h]), np.float64(x_i[h])
+            v = np.float64(x_u[h])
+            u1 = run1[h] + v
+            u2 = run2[h] + v * v
+            u3 = run3[h] + v * v * v
+            run1[h] = u1
+            run2[h] = u2
+            run3[h] = u3
+            ps[1, h] += u1
+            ps[2, h] += u2
+            ps[3, h] += u3
+        q = 3 * r
+        for h in range(H):
+            p1, p2, p3 = buf[r, 1, h], buf[r, 2, h], buf[r, 3, h]
+            gk, xv = np.float64(g[b, i, h]), np.float64(x[b, i, h])
             e2 = (p1 * p1 - p2) * 0.5
             t1 = gk * e2  # g e_2; g e_1 = g p_1; g e_0 = g
             t2 = gk * p1
-            r1 = st[9, h] + t1 - ring1[h]
-            r2 = st[10, h] + t2 - ring2[h]
-            r3 = st[11, h] + gk - ring3[h]
-            st[9, h] = r1
-            st[10, h] = r2
-            st[11, h] = r3
-            ring1[h] = t1
-            ring2[h] = t2
-            ring3[h] = gk
-            st[12, h] += gk * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
-            gx_i[h] += a_b[h] * (r1 - xv * (r2 - xv * r3))
-            u = np.float64(x_add[h])
-            st[1, h] = p1 + (u - xv)
-            st[2, h] = p2 + (u * u - xv * xv)
-            st[3, h] = p3 + (u * u * u - xv * xv * xv)
+            s1 = st[1, h] + t1
+            s2 = st[2, h] + t2
+            s3 = st[3, h] + gk
+            st[1, h] = s1
+            st[2, h] = s2
+            st[3, h] = s3
+            ring[q + 3, h] = t1
+            ring[q + 4, h] = t2
+            ring[q + 5, h] = gk
+            st[0, h] += gk * ((e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0))
+            gx[b, i, h] += a_b[h] * ((s1 + ring[q, h]) - xv * ((s2 + ring[q + 1, h]) - xv * (s3 + ring[q + 2, h])))
 
 
 @numba.njit(inline="always")
-def backward_4(x, b, i0, i1, W, a_b, g, gx, st, ring, zero):
-    # The window slides in a second loop over the features: in one loop with the rest (as in
-    # `backward_3`) the compiler left it scalar, as slow as the generic loops.
-    H, slots = x.shape[2], ring.shape[0] // 4
+def backward_4(x, b, i0, i1, W, a_b, g, gx, st, buf, ring, zero):
+    R, run, _, _, t, _ = state_views(st, 4)
+    run1, run2, run3, run4 = run[1], run[2], run[3], run[4]
+    n, H = x.shape[1], x.shape[2]
     for i in range(i1 - 1, i0 - 1, -1):
-        x_i, x_add, g_i, gx_i = x[b, i], before_window(x, b, i, W, zero), g[b, i], gx[b, i]
-        row = 4 * (i % slots)
-        ring1, ring2, ring3, ring4 = ring[row], ring[row + 1], ring[row + 2], ring[row + 3]
-        ps1, ps2, ps3, ps4 = st[1], st[2], st[3], st[4]
-        R1, R2, R3, R4, g_sum = st[11], st[12], st[13], st[14], st[15]
+        r = i % W
+        if r == W - 1 or i == n - 1:
+            enter_block(x, b, i - r, r, W, 4, buf, ring, R, run, t, True)
+        x_u, ps = leaving_sample(x, b, i, r, W, zero), buf[r]
         for h in range(H):
-            p1, p2, p3, p4 = ps1[h], ps2[h], ps3[h], ps4[h]
-            gk, xv = np.float64(g_i[h]), np.float64(x_i[h])
+            v = np.float64(x_u[h])
+            u1 = run1[h] + v
+            u2 = run2[h] + v * v
+            u3 = run3[h] + v * v * v
+            u4 = run4[h] + v * v * v * v
+            run1[h] = u1
+            run2[h] = u2
+            run3[h] = u3
+            run4[h] = u4
+            ps[1, h] += u1
+            ps[2, h] += u2
+            ps[3, h] += u3
+            ps[4, h] += u4
+        q = 4 * r
+        for h in range(H):
+            p1, p2, p3, p4 = buf[r, 1, h], buf[r, 2, h], buf[r, 3, h], buf[r, 4, h]
+            gk = np.float64(g[b, i, h])
             e2 = (p1 * p1 - p2) * 0.5
             e3 = (e2 * p1 - p1 * p2 + p3) * (1.0 / 3.0)
-            t1 = gk * e3  # g e_3; g e_2; g e_1 = g p_1; g e_0 = g
-            t2 = gk * e2
-            t3 = gk * p1
-            r1 = R1[h] + t1 - ring1[h]
-            r2 = R2[h] + t2 - ring2[h]
-            r3 = R3[h] + t3 - ring3[h]
-            r4 = R4[h] + gk - ring4[h]
-            R1[h] = r1
-            R2[h] = r2
-            R3[h] = r3
-            R4[h] = r4
-            ring1[h] = t1
-            ring2[h] = t2
-            ring3[h] = t3
-            ring4[h] = gk
-            g_sum[h] += gk * ((e3 * p1 - e2 * p2 + p1 * p3 - p4) * 0.25)
-            gx_i[h] += a_b[h] * (r1 - xv * (r2 - xv * (r3 - xv * r4)))
+            ring[q + 4, h] = gk * e3  # g e_3; g e_2; g e_1 = g p_1; g e_0 = g
+            ring[q + 5, h] = gk * e2
+            ring[q + 6, h] = gk * p1
+            ring[q + 7, h] = gk
+            st[0, h] += gk * ((e3 * p1 - e2 * p2 + p1 * p3 - p4) * 0.25)
         for h in range(H):
-            u, xv = np.float64(x_add[h]), np.float64(x_i[h])
-            ps1[h] += u - xv
-            ps2[h] += u * u - xv * xv
-            ps3[h] += u * u * u - xv * xv * xv
-            ps4[h] += u * u * u * u - xv * xv * xv * xv
+            xv = np.float64(x[b, i, h])
+            s1 = st[1, h] + ring[q + 4, h]
+            s2 = st[2, h] + ring[q + 5, h]
+            s3 = st[3, h] + ring[q + 6, h]
+            s4 = st[4, h] + ring[q + 7, h]
+            st[1, h] = s1
+            st[2, h] = s2
+            st[3, h] = s3
+            st[4, h] = s4
+            horner = (s3 + ring[q + 2, h]) - xv * (s4 + ring[q + 3, h])
+            gx[b, i, h] += a_b[h] * ((s1 + ring[q, h]) - xv * ((s2 + ring[q + 1, h]) - xv * horner))
 
 
 @compile_loops
@@ -338,30 +512,28 @@ def window_backward(x, a, orders, windows, g, gx, ga, written_out):
     B, n, H = x.shape
     for b in numba.prange(B):
         states = [np.zeros((state_rows(p), H)) for p in orders]
-        rings = [np.zeros((min(W, n) * p, H)) for p, W in zip(orders, windows)]
+        bufs = [np.empty((min(W, n), p + 1, H)) for p, W in zip(orders, windows)]
+        rings = [np.zeros(((min(W, n) + 1) * p, H)) for p, W in zip(orders, windows)]
         zero = np.zeros_like(x[b, 0])
         for o in range(len(orders)):
-            p, st = orders[o], states[o]
-            st[p + 1] = 1.0  # e_0
-            for k in range(max(0, n - windows[o]), n):  # the window at k = n - 1, summed directly
-                slide(st, x[b, k], zero, p, st[3 * p + 4], st[3 * p + 5])
+            states[o][3 * orders[o] + 3] = 1.0  # e_0
         for i1 in range(n, 0, -WINDOW_BLOCK):
             i0 = max(0, i1 - WINDOW_BLOCK)
             gx[b, i0:i1] = 0.0
             for o in range(len(orders)):
-                p, W, st, ring = orders[o], windows[o], states[o], rings[o]
+                p, W, st, buf, ring = orders[o], windows[o], states[o], bufs[o], rings[o]
                 if written_out and p == 2:
-                    backward_2(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                    backward_2(x, b, i0, i1, W, a[o, b], g, gx, st, buf, ring, zero)
                 elif written_out and p == 3:
-                    backward_3(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                    backward_3(x, b, i0, i1, W, a[o, b], g, gx, st, buf, ring, zero)
                 elif written_out and p == 4:
-                    backward_4(x, b, i0, i1, W, a[o, b], g, gx, st, ring, zero)
+                    backward_4(x, b, i0, i1, W, a[o, b], g, gx, st, buf, ring, zero)
                 else:
-                    backward_any(x, b, i0, i1, p, W, a[o, b], g, gx, st, ring, zero)
+                    backward_any(x, b, i0, i1, p, W, a[o, b], g, gx, st, buf, ring, zero)
         for o in range(len(orders)):
             ga_ob = ga[o, b]
             for h in range(H):
-                ga_ob[h] = states[o][3 * orders[o] + 3, h]
+                ga_ob[h] = states[o][0, h]
 
 
 @numba.njit(inline="always")
