@@ -244,16 +244,21 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return from_dict(table)
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a config TOML file and apply overrides."""
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The table of a TOML file; a missing or malformed file is a UserError naming it as `what`
+    ('config file', 'grid file')."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {str(path)!r} not found")
+        raise UserError(f"{what} {str(path)!r} not found")
     try:
-        table = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {str(path)!r} is not valid TOML: {e}") from e
-    return apply_overrides(from_dict(table), overrides or [])
+        raise UserError(f"{what} {str(path)!r} is not valid TOML: {e}") from e
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a config TOML file and apply overrides."""
+    return apply_overrides(from_dict(read_toml(path, "config file")), overrides or [])
 
 
 def _toml_value(value: Any) -> str:

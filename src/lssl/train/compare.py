@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +45,6 @@ from ..config import Config
 from ..errors import UserError
 from ..layer import LAYERS
 from . import loop, metrics
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 log = logging.getLogger("lssl.compare")
 
@@ -190,12 +184,7 @@ def _plain_name(where: str, name: str) -> None:
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file (one-line UserErrors naming the file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid file {str(path)!r} not found")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"grid file {str(path)!r} is not valid TOML: {e}") from e
+    table = cfgmod.read_toml(path, "grid file")
     where = f"grid {str(path)!r}"
     _check_keys(where, table, GRID_KEYS)
     for key in ("seeds", "baseline", "tasks", "models"):
