@@ -407,6 +407,16 @@ class LiquidS4(SSMLayer):
         window: PB only: the window W in samples for every order, or None for the official rule
             W_p = min{n : binom(n, p) >= l}, l = l_max or else the first input's length (then
             fixed, so chunks, steps and whole sequences agree).
+        liquid_gain: None (the liquid term as defined), or 'zero': a learnable per-feature gain
+            g (H,) multiplies the liquid term (PB: K_0 z; KB: K * (w - u), through its SSM
+            input), initialised at 0 so that training starts from the S4 part exactly. It
+            takes the `lr` hint and no weight decay (decay would pull it back towards S4).
+        liquid_scale: None, or 'normalized': each order's term is divided by the square root of
+            its (largest) number of input products, sqrt(binom(W_p, p)) for PB and
+            sqrt(binom(l-1, p-1)) for KB (l as for PB's default windows), so that for
+            unit-variance inputs it has unit-order variance whatever the window, length and
+            degree (`PolyB`, `KernelB`). Either option changes only the liquid term; the
+            README's Liquid-S4 section has the diagnosis behind them.
         liquid_compat: None, or 'official' to reproduce the published code's non-causal terms
             (spec C.4: frozen initial parameters, time-reversed correlations of the last n_p
             steps, s^(2^(p-1) - 1), the mismatched KB frequency grids, and for bidirectional
@@ -430,6 +440,8 @@ class LiquidS4(SSMLayer):
         degree: int = 2,
         liquid: str = "pb",
         window: int | None = None,
+        liquid_gain: str | None = None,
+        liquid_scale: str | None = None,
         liquid_compat: str | None = None,
         kernel: str = "dplr",
         backend: str = "torch",
@@ -455,6 +467,8 @@ class LiquidS4(SSMLayer):
             check_choice("liquid_compat", liquid_compat, LIQUID_COMPAT)
         if window is not None and (liquid != "pb" or liquid_compat is not None):
             raise ValueError("window applies to the causal PB term only (liquid='pb', liquid_compat=None)")
+        if liquid_compat is not None and (liquid_gain is not None or liquid_scale is not None):
+            raise ValueError("liquid_gain and liquid_scale apply to our causal terms, not liquid_compat")
         check_backend(backend)
         if backend != "torch" and liquid_compat is not None:
             raise ValueError(f"backend={backend!r} computes our causal terms, not liquid_compat={liquid_compat!r}")
@@ -471,12 +485,11 @@ class LiquidS4(SSMLayer):
         if liquid_compat is not None:
             lam, B = ssm.modes()
             self.liquid = OFFICIAL_TERMS[liquid](degree, lam, B, ssm.complex("C"), ssm.log_dt)
-        elif liquid == "pb":
-            self.liquid = PolyB(degree, window, backend)
+        else:
+            options = dict(backend=backend, gain=liquid_gain, scale=liquid_scale, d_model=d_model, lr=lr)
+            self.liquid = PolyB(degree, window, **options) if liquid == "pb" else KernelB(degree, **options)
             if l_max is not None:
                 self.liquid.set_length(l_max)
-        else:
-            self.liquid = KernelB(degree, backend)
 
     @property
     def degree(self) -> int:

@@ -68,9 +68,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_length
+from .._checks import check_choice, check_length
 from ..ops.backend import check_backend, check_cpu, numba_module
 from ..ops.fftconv import fftconv
+from .base import register
 
 Tensor = torch.Tensor
 
@@ -393,30 +394,51 @@ def default_window(length: int, order: int) -> int:
     return n
 
 
+def order_coefficients(s: Tensor, degree: int, weights: Tensor | None = None) -> Tensor:
+    """a_p = s^{p-1} (times weights[p-2] if given), p = 2..P: the coefficient of the order-p term.
+
+    Args:
+        s: (H,). degree: P >= 2. weights: (P-1, H) or (P-1, 1) per-order factors (the
+            `LiquidTerm` gain and normalisation), None for ones.
+    Returns:
+        (P-1, H).
+    """
+    a = torch.stack([s ** (p - 1) for p in range(2, degree + 1)])
+    return a if weights is None else a * weights
+
+
 def kb_signal(
-    u: Tensor, s: Tensor, degree: int, memory: Tensor | None = None, backend: str = "torch"
+    u: Tensor,
+    s: Tensor,
+    degree: int,
+    memory: Tensor | None = None,
+    backend: str = "torch",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The KB input of the SSM, w_i = u_i (1 + sum_{p=2..P} s^{p-1} e_{p-1}(past, u_0 .. u_{i-1})).
+    """The KB input of the SSM, w_i = u_i (1 + sum_{p=2..P} a_p e_{p-1}(past, u_0 .. u_{i-1})),
+    a_p = s^{p-1} times an optional weight (`order_coefficients`).
 
     With the past's e_m (the memory, e_0 = 1), e_{p-1}(past ++ u_<i) = sum_m e_m E_{p-1-m}(i), so
-    w_i = u_i (1 + sum_q c_q E_q(i)) with c_q = sum_p s^{p-1} e_{p-1-q}(past) (`PrefixPolynomial`).
+    w_i = u_i (1 + sum_q c_q E_q(i)) with c_q = sum_p a_p e_{p-1-q}(past) (`PrefixPolynomial`).
 
     Args:
         u: (B, H, L). s: (H,) the input sums 1^T B_bar. degree: P >= 2.
         memory: (B, H, P-1) e_1 .. e_{P-1} of the inputs before u[..., 0] (None: no past).
         backend: 'torch' or 'numba' (`prefix_polynomial`).
+        weights: (P-1, H) or (P-1, 1) factors of a_p (None: a_p = s^{p-1}).
     Returns:
         w (B, H, L) and the memory after u[..., -1] (B, H, P-1).
     """
     Q = degree - 1
+    a = order_coefficients(s, degree, weights)  # (P-1, H)
     if memory is None:
-        c = torch.stack([torch.zeros_like(s)] + [s**q for q in range(1, Q + 1)])[:, None]  # (Q+1, 1, H)
+        c = torch.cat([torch.zeros_like(a[:1]), a])[:, None]  # (Q+1, 1, H)
         w, e_end = prefix_polynomial(u, c, backend)
         e_end = [1.0, *e_end]
     else:
         past = [torch.ones_like(memory[..., 0]), *memory.unbind(-1)]  # e_0 .. e_Q of the past, (B, H)
         c = torch.stack([
-            sum(s ** (p - 1) * past[p - 1 - q] for p in range(max(2, q + 1), degree + 1)) for q in range(Q + 1)
+            sum(a[p - 2] * past[p - 1 - q] for p in range(max(2, q + 1), degree + 1)) for q in range(Q + 1)
         ])  # (Q+1, B, H)
         w, e_end = prefix_polynomial(u, c, backend)
         e_end = combine([m.double() for m in past[1:]], [1.0, *e_end])
@@ -470,9 +492,11 @@ def pb_signal(
     memory: Tensor | None = None,
     backend: str = "torch",
     k0: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The PB correlation signal z_k = sum_{p=2..P} s^{p-1} e_p(last W_p samples up to k)
-    (`window_polynomial`), or K_0 z_k with k0 given.
+    """The PB correlation signal z_k = sum_{p=2..P} a_p e_p(last W_p samples up to k)
+    (`window_polynomial`), a_p = s^{p-1} times an optional weight (`order_coefficients`), or
+    K_0 z_k with k0 given.
 
     Args:
         u: (B, H, L). s: (H,). windows: [W_2, ..., W_P].
@@ -480,11 +504,12 @@ def pb_signal(
         backend: 'torch' or 'numba' (`window_polynomial`; a single recurrent step always
             runs in torch).
         k0: K_0 (H,) of a one-channel kernel, folded into the coefficients (None: z alone).
+        weights: (P-1, H) or (P-1, 1) factors of a_p (None: a_p = s^{p-1}).
     Returns:
         z (B, H, L) and the memory after u[..., -1] (B, H, M).
     """
     M = max(windows) - 1
-    a = torch.stack([s ** (p - 1) for p in range(2, len(windows) + 2)])  # (P-1, H)
+    a = order_coefficients(s, len(windows) + 1, weights)  # (P-1, H)
     if k0 is not None:
         a = a * k0
     # Without a memory the past is zeros, which the window sums already assume.
@@ -648,6 +673,10 @@ def bidirectional_conv(w: Tensor, w_reversed: Tensor, K: Tensor) -> Tensor:
     return fftconv(w, forward) + fftconv(w_reversed, backward).flip(-1)
 
 
+GAINS = ("zero",)
+SCALES = ("normalized",)
+
+
 class LiquidTerm(nn.Module):
     """A liquid term of order up to `degree` on top of an SSM kernel.
 
@@ -658,24 +687,73 @@ class LiquidTerm(nn.Module):
     the layer output K * w + K_0 z (z None: no pointwise term; with k0 given, z is K_0 z); the
     recurrent view steps it with L = 1.
 
+    The order-p coefficient is a_p = g f_p s^{p-1} (`weights`): g the optional gain, f_p the
+    optional normalisation. Both enter the coefficients that every view (convolution, chunks,
+    steps, either backend) reads, so all views apply them alike.
+
     Args:
         degree: P. backend: 'torch' or 'numba', how the signals are computed (`window_polynomial`,
             `prefix_polynomial`).
+        gain: None (g = 1), or 'zero': a learnable per-feature gain g (H,) initialised at 0, so
+            the layer starts as its S4 part exactly. g is per feature, not per channel, because
+            the liquid signal is one per feature (the channels differ only in K and K_0).
+        scale: None (f_p = 1), or 'normalized': f_p = 1 / sqrt(n_p), n_p the largest number of
+            products in the order-p sum (`order_scales`), so that for zero-mean, unit-variance,
+            independent inputs each order's signal has variance at most 1 whatever the window,
+            length and degree.
+        d_model: H, the gain's size (needed with gain only).
+        lr: the gain's learning-rate hint (None: the global one); it has no weight decay.
     """
 
     causal = True
 
-    def __init__(self, degree: int, backend: str = "torch"):
+    def __init__(
+        self,
+        degree: int,
+        backend: str = "torch",
+        gain: str | None = None,
+        scale: str | None = None,
+        d_model: int | None = None,
+        lr: float | None = None,
+    ):
         super().__init__()
         check_degree(degree)
         check_backend(backend)
         self._degree, self.backend = degree, backend
+        if scale is not None:
+            check_choice("liquid_scale", scale, SCALES)
+        self.scale = scale
+        if gain is None:
+            self.register_parameter("gain", None)
+        else:
+            check_choice("liquid_gain", gain, GAINS)
+            if d_model is None:
+                raise ValueError("a liquid gain needs d_model, its size")
+            # No weight decay: decay would pull g back to 0, i.e. towards plain S4, a prior
+            # that the comparison with S4 must not carry; like the SSM tensors whose term it
+            # scales, it takes the SSM learning-rate hint.
+            register(self, "gain", torch.zeros(d_model), lr=lr)
 
     def extra_repr(self) -> str:
-        return f"degree={self.degree}, backend={self.backend!r}"
+        return f"degree={self.degree}, backend={self.backend!r}, scale={self.scale!r}"
 
     def set_length(self, length: int) -> None:
-        """Record the sequence length the layer is set up for (used by PB's default windows)."""
+        """Record the sequence length the layer is set up for (used by PB's default windows and
+        KB's normalisation)."""
+
+    def order_scales(self) -> list[float]:  # pragma: no cover - abstract
+        """[f_2, ..., f_P] of scale='normalized'."""
+        raise NotImplementedError
+
+    def weights(self, s: Tensor) -> Tensor | None:
+        """The factors g f_p of a_p = g f_p s^{p-1} (`order_coefficients`): (P-1, H) or (P-1, 1),
+        of s's dtype, or None when both are 1."""
+        if self.gain is None and self.scale is None:
+            return None
+        f = torch.ones(self.degree - 1, 1, dtype=s.dtype, device=s.device)
+        if self.scale is not None:
+            f = f.new_tensor(self.order_scales())[:, None]
+        return f if self.gain is None else f * self.gain.to(s.dtype)
 
     @property
     def degree(self) -> int:
@@ -723,9 +801,45 @@ def pointwise_term(z: Tensor, K0: Tensor, folded: bool) -> Tensor:
     return z if folded else K0 * z
 
 
+def normalizing_scales(counts: list[int]) -> list[float]:
+    """f_p = 1 / sqrt(n_p) for the numbers n_p of products in each order's sum (at least 1)."""
+    return [1 / math.sqrt(max(n, 1)) for n in counts]
+
+
 class KernelB(LiquidTerm):
-    """KB: y = K * w + D u with w_i = u_i (1 + sum_p s^{p-1} e_{p-1}(u_<i)) (module docstring);
-    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1). Args as in `LiquidTerm`."""
+    """KB: y = K * w + D u with w_i = u_i (1 + sum_p a_p e_{p-1}(u_<i)) (module docstring);
+    memory: the running e_1 .. e_{P-1} of the past (B, H, P-1). Args as in `LiquidTerm`.
+
+    scale='normalized': the order-p SSM input u_i e_{p-1}(u_0 .. u_{i-1}) has variance
+    binom(i, p-1) for zero-mean, unit-variance, independent u, growing along the sequence, and
+    the inputs at different i are uncorrelated, so K * (that) has at most the variance of K * u
+    once it is divided by sqrt(binom(l-1, p-1)), l the length the layer is set up for
+    (`set_length`, as PB's default windows): variance 1 at the sequence's last sample, less
+    before. A divisor per position would keep it at 1 everywhere but makes the term depend on
+    absolute time, which neither a chunk nor a recurrent step knows.
+    """
+
+    def __init__(self, degree: int, backend: str = "torch", gain: str | None = None, scale: str | None = None,
+                 d_model: int | None = None, lr: float | None = None):
+        super().__init__(degree, backend, gain, scale, d_model, lr)
+        if scale is not None:
+            # The length l of the normalisation; 0 until set. Only with a scale, so that plain KB
+            # state dicts keep their keys.
+            self.register_buffer("length", torch.tensor(0))
+
+    def set_length(self, length: int) -> None:
+        """Fix the normalisation's length l, unless already fixed (no-op without a scale)."""
+        if self.scale is not None and self.length.item() == 0:
+            self.length.fill_(length)
+
+    def order_scales(self) -> list[float]:
+        length = self.length.item()
+        if length == 0:
+            raise ValueError(
+                "a KB layer with liquid_scale takes its length from l_max or its first input's length; "
+                "give l_max, or run the layer on a sequence first"
+            )
+        return normalizing_scales([math.comb(length - 1, p - 1) for p in range(2, self.degree + 1)])
 
     def memory_size(self) -> int:
         return self.degree - 1
@@ -733,7 +847,7 @@ class KernelB(LiquidTerm):
     def signals(
         self, u: Tensor, s: Tensor, memory: Tensor | None, k0: Tensor | None = None
     ) -> tuple[Tensor, None, Tensor]:
-        w, memory = kb_signal(u, s, self.degree, memory, self.backend)
+        w, memory = kb_signal(u, s, self.degree, memory, self.backend, self.weights(s))
         return w, None, memory
 
 
@@ -741,15 +855,21 @@ class PolyB(LiquidTerm):
     """PB: y = K * u + K_0 z + D u with z_k = sum_p s^{p-1} e_p(last W_p samples) (module
     docstring); memory: the last max(W_p) - 1 inputs (B, H, M).
 
+    scale='normalized': e_p of W_p zero-mean, unit-variance, independent samples is a sum of
+    binom(W_p, p) uncorrelated unit-variance products, so f_p = 1 / sqrt(binom(W_p, p)) gives
+    each order's z unit variance in every full window.
+
     Args:
         degree: P. window: one W for every order, or None for the official rule
             W_p = min{n : binom(n, p) >= l}, with l set by `set_length` (the layer's l_max or
             first input length) and kept so that chunks, steps and the whole sequence agree.
         backend: 'torch' or 'numba' (`window_polynomial`).
+        gain, scale, d_model, lr: as in `LiquidTerm`.
     """
 
-    def __init__(self, degree: int, window: int | None = None, backend: str = "torch"):
-        super().__init__(degree, backend)
+    def __init__(self, degree: int, window: int | None = None, backend: str = "torch", gain: str | None = None,
+                 scale: str | None = None, d_model: int | None = None, lr: float | None = None):
+        super().__init__(degree, backend, gain, scale, d_model, lr)
         if window is not None:
             check_length("window", window)
         self.window = window
@@ -792,13 +912,16 @@ class PolyB(LiquidTerm):
             )
         return [default_window(length, p) for p in range(2, self.degree + 1)]
 
+    def order_scales(self) -> list[float]:
+        return normalizing_scales([math.comb(W, p) for p, W in enumerate(self.windows(), start=2)])
+
     def memory_size(self) -> int:
         return max(self.windows(), default=1) - 1
 
     def signals(
         self, u: Tensor, s: Tensor, memory: Tensor | None, k0: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        z, memory = pb_signal(u, s, self.windows(), memory, self.backend, k0)
+        z, memory = pb_signal(u, s, self.windows(), memory, self.backend, k0, self.weights(s))
         return u, z, memory
 
 
