@@ -8,8 +8,10 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lssl import cli, config
 from lssl.errors import UserError
@@ -270,3 +272,27 @@ def test_shipped_study_grids_load_and_resolve(tmp_path):
     for path in grids:
         grid = compare.load_grid(path)
         assert compare.resolve(grid, tmp_path, quick=True)
+
+
+def test_liquid_control_is_affine_in_the_input_without_liquid_terms(tmp_path):
+    """The positive control's claim, for every model of its cells: without a liquid term the logits
+    are affine in the input (no nonlinearity across time anywhere in the model), so S4 and S4D
+    see only the class-conditional means, equal by construction; every liquid model is not
+    affine. Parameters are perturbed first, so that a liquid term that starts at zero counts."""
+    grid = compare.load_grid(Path(__file__).resolve().parents[1] / "configs" / "studies" / "liquid.toml")
+    cells = [c for c in compare.resolve(grid, tmp_path, seeds=[0]) if c.task == "control"]
+    assert {c.model for c in cells} == {m.name for m in grid.models}
+    spec = SimpleNamespace(d_input=1, d_output=2, vocab_size=None, task="classification")
+    gen = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 4, 128, 1, dtype=torch.float64, generator=gen)
+    for cell in cells:
+        torch.manual_seed(0)
+        model = loop.build_model(loop.model_arguments(cell.config.model, spec)).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=gen))
+            zero = model(torch.zeros_like(u))
+            second = model(u + v) - model(u) - model(v) + zero  # (4, 2): 0 for an affine map
+            ratio = float(second.abs().max() / (model(u) - zero).abs().max())
+        liquid = cell.config.model.layer == "liquid-s4" and cell.config.model.layer_args.get("degree", 2) > 1
+        assert (ratio > 1e-8) if liquid else (ratio < 1e-11), (cell.model, ratio)

@@ -1,11 +1,13 @@
 """lssl.data.synthetic: shapes, seeded determinism, and every answer recomputed item by item."""
 
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
 
-from lssl.data import load
+from lssl.data import load, synthetic
 from lssl.errors import UserError
 
 SMALL = dict(n_train=20, n_val=5, n_test=7)
@@ -84,3 +86,63 @@ def test_bad_sizes_are_user_errors():
         load("parity", n_train=0)
     with pytest.raises(UserError, match="n_pairs"):
         load("recall", n_pairs=40, n_keys=32)
+
+
+def test_lag_correlation_shapes_seeds_and_balance():
+    spec = load("lag-correlation", length=32, n_train=21, n_val=6, n_test=8)
+    assert (len(spec.train), len(spec.val), len(spec.test)) == (21, 6, 8)
+    x, y = spec.train[0]
+    assert x.shape == (32, 1) and x.dtype == torch.float32 and y.shape == () and y.dtype == torch.int64
+    assert spec.task == "classification" and (spec.d_input, spec.d_output) == (1, 2) and spec.vocab_size is None
+    assert not spec.real and spec.length == 32 and spec.labels == ("negative", "positive")
+    # Each split holds the two classes equally often (one more 0 for an odd size).
+    assert [torch.bincount(s.y, minlength=2).tolist() for s in (spec.train, spec.val, spec.test)] == \
+        [[11, 10], [3, 3], [4, 4]]
+    again = load("lag-correlation", length=32, n_train=21, n_val=6, n_test=8)
+    other = load("lag-correlation", length=32, n_train=21, n_val=6, n_test=8, seed=1)
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(spec, split).x, getattr(again, split).x)
+        assert torch.equal(getattr(spec, split).y, getattr(again, split).y)
+    assert not torch.equal(spec.train.x, other.train.x)
+    assert not torch.equal(spec.train.x[:6], spec.val.x)
+    assert spec.collate([spec.train[i] for i in range(3)])["x"].shape == (3, 32, 1)
+
+
+def test_ar1_is_the_recurrence():
+    phi = np.array([0.5, -0.8])
+    noise = np.random.default_rng(0).standard_normal((2, 6))
+    u = synthetic.ar1(phi, noise)
+    for b in range(2):
+        prev = noise[b, 0]
+        assert u[b, 0] == prev
+        for t in range(1, 6):
+            prev = phi[b] * prev + math.sqrt(1 - phi[b] ** 2) * noise[b, t]
+            assert abs(u[b, t] - prev) < 1e-12
+
+
+def test_lag_correlation_classes_share_every_marginal():
+    """Every sample is N(0, 1) in both classes, at the first step as at the last: what makes a
+    model that sums functions of single samples blind to the class."""
+    spec = load("lag-correlation", length=64, n_train=4000, n_val=1, n_test=1)
+    u, y = spec.train.x[..., 0].double(), spec.train.y
+    for c in (0, 1):
+        v = u[y == c]  # (2000, 64)
+        assert abs(v.mean()) < 0.05 and abs(v.var() - 1) < 0.05
+        assert abs((v > 1).double().mean() - 0.1587) < 0.01   # P(N(0, 1) > 1)
+        assert abs(v[:, 0].var() - 1) < 0.15 and abs(v[:, -1].var() - 1) < 0.15
+
+
+def test_lag_correlation_lag1_product_separates_the_classes():
+    spec = load("lag-correlation", n_train=1, n_val=1, n_test=1000)
+    u, y = spec.test.x[..., 0], spec.test.y
+    lag1 = (u[:, 1:] * u[:, :-1]).mean(1)  # (B,)
+    assert ((lag1 > 0).long() == y).double().mean() > 0.9
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(phi_min=0.0), "phi_min"), (dict(phi_max=1.0), "phi_max"), (dict(phi_min=0.5, phi_max=0.4), "phi_min"),
+    (dict(length=1), "length"),
+])
+def test_lag_correlation_bad_options_are_user_errors(options, match):
+    with pytest.raises(UserError, match=match):
+        load("lag-correlation", n_train=2, n_val=2, n_test=2, **options)

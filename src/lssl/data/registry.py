@@ -49,6 +49,7 @@ DATASETS: dict[str, Builder] = {
     "recall": Builder(synthetic.recall, "10k/1k/1k (any), length 256 (any), 16 classes"),
     "parity": Builder(synthetic.parity, "10k/1k/1k (any), length 256 (any), 2 classes"),
     "s5": Builder(synthetic.s5, "10k/1k/1k (any), length 32 (any), 120 classes"),
+    "lag-correlation": Builder(synthetic.lag_correlation, "10k/1k/1k (any), length 128 (any) x 1, 2 classes"),
 }
 
 

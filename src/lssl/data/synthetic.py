@@ -10,6 +10,9 @@ output per step are posed as one question at the end of the sequence:
   with one query per sequence).
 - parity: bits; answer: their parity (the last output of running parity).
 - s5: permutations of 5 elements; answer: their composition (state tracking, 120 classes).
+- lag-correlation: a stationary Gaussian AR(1) path; answer: the sign of its coefficient. Every
+  sample is N(0, 1) in both classes, so the class shows only in products of samples at
+  different times (a positive control for Liquid-S4's input-correlation terms).
 
 Splits use independent random streams spawned from `seed`, so train, val and test never share
 a generator state and each is reproducible on its own.
@@ -181,3 +184,42 @@ def s5(root=None, length: int = 32, n_train: int = 10000, n_val: int = 1000, n_t
     return _spec("s5", make, (n_train, n_val, n_test), seed, d_output=120, length=length,
                  labels=tuple("".join(map(str, p)) for p in PERMUTATIONS_5.tolist()), vocab_size=120,
                  stands_in_for="S5 word problem (state tracking)")
+
+
+def ar1(phi: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Stationary Gaussian AR(1) paths u_t = φ u_{t−1} + √(1 − φ²) e_t, u_0 = e_0, for phi (n,) in
+    (−1, 1) and standard normal noise e (n, L): every u_t is N(0, 1) and corr(u_t, u_{t−d}) = φ^d.
+    Returns u (n, L) float64."""
+    u = np.empty(noise.shape)
+    u[:, 0] = noise[:, 0]
+    gain = np.sqrt(1.0 - phi**2)
+    for t in range(1, noise.shape[1]):
+        u[:, t] = phi * u[:, t - 1] + gain * noise[:, t]
+    return u
+
+
+def lag_correlation(root=None, length: int = 128, phi_min: float = 0.2, phi_max: float = 0.9, n_train: int = 10000,
+                    n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> DataSpec:
+    """Sign of an AR(1) coefficient, a positive control for input-correlation terms: x float32
+    (length, 1) is a stationary Gaussian AR(1) path (`ar1`) with |φ| uniform in [phi_min, phi_max];
+    y = 1 if φ > 0 else 0, each class exactly half of a split (one more 0 if the size is odd).
+
+    Every u_t is N(0, 1) in both classes, so a sum of functions of single samples has the same
+    mean in both; the class is in the products u_t u_{t−d} (mean φ^d), and the lag-1 sum
+    Σ u_t u_{t−1} separates the classes almost perfectly at the defaults.
+    """
+    _check_sizes(length=length, n_train=n_train, n_val=n_val, n_test=n_test)
+    if length < 2:
+        raise UserError(f"length must be >= 2 for lag-correlation (products of samples at two times), got {length}")
+    if not 0.0 < phi_min <= phi_max < 1.0:
+        raise UserError(f"need 0 < phi_min <= phi_max < 1, got phi_min={phi_min!r}, phi_max={phi_max!r}")
+
+    def make(rng, n):
+        y = rng.permutation(np.arange(n) % 2)
+        phi = rng.uniform(phi_min, phi_max, n) * (2 * y - 1)
+        u = ar1(phi, rng.standard_normal((n, length)))
+        return u[..., None].astype(np.float32), y
+
+    return _spec("lag-correlation", make, (n_train, n_val, n_test), seed, d_output=2, length=length,
+                 labels=("negative", "positive"),
+                 stands_in_for="positive control for input-correlation (liquid) terms")
