@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_length, check_positive
+from ..ops.linalg import solve
 
 Tensor = torch.Tensor
 
@@ -233,6 +234,20 @@ def dense_response(A: Tensor, C: Tensor, x0: Tensor, L: int) -> Tensor:
     left, _ = doubling(A_T.mT, C[..., None], J)  # (C, H, N, J): columns (C A^{jT})^T
     y = (left.mT[None] @ right[:, None]).flatten(-2)[..., :L]  # (B, C, H, L)
     return y.real if y.is_complex() else y
+
+
+def untruncated_C(A_bar: Tensor, C_tilde: Tensor, L: int) -> Tensor:
+    """The plain C of a kernel that stores C~ = (I - A_bar^L)^T C (S4's truncated generating
+    function): the solution of (I - A_bar^L)^T C = C~, L at least 1.
+
+    Args:
+        A_bar: (H, N, N). C_tilde: (C, H, N). L: the length C~ belongs to at this step.
+    Returns:
+        C (C, H, N), of C_tilde's dtype.
+    """
+    eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+    lhs = (eye - torch.linalg.matrix_power(A_bar, max(1, L))).mT  # (H, N, N)
+    return solve(lhs, C_tilde[..., None])[..., 0]
 
 
 def dense_final_state(A: Tensor, B: Tensor, u: Tensor, x0: Tensor | None = None) -> Tensor:

@@ -57,7 +57,6 @@ from .. import discretize, hippo
 from .._checks import check_choice, check_divides, check_even, check_length, check_positive
 from ..ops.backend import check_backend
 from ..ops.cauchy import cauchy_conj
-from ..ops.linalg import solve
 from .base import (
     DiagonalRecurrence,
     DiscreteSSM,
@@ -67,6 +66,7 @@ from .base import (
     dense_final_state,
     dense_response,
     full,
+    untruncated_C,
 )
 
 Tensor = torch.Tensor
@@ -321,9 +321,7 @@ class DPLRKernel(SSMKernel):
         C = full(self.complex("C"))  # (C, H, N)
         if lk == 0:
             return C
-        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
-        lhs = (eye - torch.linalg.matrix_power(A_bar, max(1, round(lk / rate)))).mT  # (H, N, N)
-        return solve(lhs, C[..., None])[..., 0]
+        return untruncated_C(A_bar, C, round(lk / rate))
 
     def discrete(self, L: int, rate: float = 1.0) -> DiscreteSSM:
         """Dense full-space (A_bar (H, N, N), B_bar (H, N), C (C, H, N)), complex, at step

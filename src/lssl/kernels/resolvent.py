@@ -59,9 +59,8 @@ import torch
 
 from .. import discretize
 from ..ops.backend import check_backend, check_cpu, numba_module
-from ..ops.linalg import solve
 from ..ops.tridiagonal import gtsv, tridiagonal_matvec
-from .base import DiscreteSSM
+from .base import DiscreteSSM, untruncated_C
 from .dplr import roots_of_unity
 from .krylov import KrylovKernel
 from .transition import TRID_INITS, TriD, TriDTransition, trid_dense
@@ -320,7 +319,5 @@ class ResolventKernel(KrylovKernel):
         explicit-powers kernel equals `forward(L, rate)`."""
         L_d = self._nodes(L, rate)
         A_bar, B_bar = self._discretize(rate)
-        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
-        lhs = (eye - torch.linalg.matrix_power(A_bar, max(1, L_d))).mT  # (H, N, N)
-        return DiscreteSSM(A_bar, B_bar, solve(lhs, self.C[..., None])[..., 0])
+        return DiscreteSSM(A_bar, B_bar, untruncated_C(A_bar, self.C, L_d))
 
