@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"overrides must look like --section.field=value, got {' '.join(bad)}")
     args.overrides = extra
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from .train import Diverged
+    from .train import Diverged, Interrupted
 
     try:
         return args.func(args)
@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as e:
         print(f"lssl: training diverged: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"lssl: interrupted: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("lssl: interrupted (continue a training run with --resume)", file=sys.stderr)
+        print("lssl: interrupted at once, without a checkpoint of the current step (--resume continues a "
+              "training run from its last checkpoint, if it has one)", file=sys.stderr)
         return 130

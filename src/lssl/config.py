@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"  # one of DEVICES
     max_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps (0 = off)
     checkpoint_every: int = 0  # also checkpoint every this many steps (0 = each epoch only)
+    checkpoint_minutes: float = 10.0  # also checkpoint when this many minutes passed since the last one (0 = off)
     progress: bool = True  # progress bar
     tensorboard: bool = False  # also write TensorBoard events to out/name/tensorboard (needs lssl[tensorboard])
 
@@ -111,7 +112,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = ("model.d_model", "model.n_layers", "model.d_state", "train.epochs", "train.batch_size", "train.lr")
 NON_NEGATIVE = (
     "data.num_workers", "train.weight_decay", "train.patience", "train.warmup_steps", "train.grad_clip",
-    "train.max_steps", "train.checkpoint_every", "train.factor", "train.gamma",
+    "train.max_steps", "train.checkpoint_every", "train.checkpoint_minutes", "train.factor", "train.gamma",
 )
 
 
@@ -196,8 +197,9 @@ def validate(config: Config) -> Config:
         raise UserError(f"name must be a plain directory name, got {config.name!r}")
     if config.train.scheduler == "multistep" and not config.train.milestones:
         raise UserError("train.scheduler='multistep' needs train.milestones (epochs), e.g. [100, 200]")
-    if any(not math.isfinite(v) for v in (config.train.lr, config.train.weight_decay, config.train.grad_clip)):
-        raise UserError("train.lr, train.weight_decay and train.grad_clip must be finite")
+    finite = ("lr", "weight_decay", "grad_clip", "checkpoint_minutes")
+    if any(not math.isfinite(getattr(config.train, k)) for k in finite):
+        raise UserError(f"{', '.join('train.' + k for k in finite)} must be finite")
     return config
 
 

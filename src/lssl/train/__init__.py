@@ -2,6 +2,6 @@
 (also `lssl.load`) to rebuild a trained model from its checkpoint alone."""
 
 from .checkpoint import load_model
-from .loop import Diverged, evaluate, fit
+from .loop import Diverged, Interrupted, evaluate, fit
 
-__all__ = ["Diverged", "evaluate", "fit", "load_model"]
+__all__ = ["Diverged", "Interrupted", "evaluate", "fit", "load_model"]

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +50,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or Inf."""
+    """The training loss, a gradient or a weight became NaN or Inf."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint at the current step."""
+
+
+# Train settings a resumed run may change: how long it trains and its bookkeeping. The others
+# shape the optimisation that the checkpoint continues (its optimizer and schedule states).
+RESUMABLE = ("epochs", "max_steps", "checkpoint_every", "checkpoint_minutes", "progress", "tensorboard", "device")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -274,6 +286,67 @@ class Progress:
     partial: list[float] = field(default_factory=list)  # this epoch's training totals so far
 
 
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on run directory `root` (on the file `.NAME.lock` beside it)
+    while the block runs. The OS drops the lock when the process dies, so a stale lock file
+    never blocks; a second holder fails at once with a UserError naming the first."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): runs are not guarded against each other
+        yield
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(f"run directory {root} is in use by another lssl process (pid {holder}); "
+                            "wait for it to finish or pick another --name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """While the block runs, SIGINT and SIGTERM append their name to the yielded list instead of
+    acting, so that training can finish its step and checkpoint; the handler then puts the
+    previous one back, so a second signal of the same kind acts at once (Ctrl-C twice stops
+    without a checkpoint). Outside the main thread, where Python cannot set handlers, signals
+    act as usual."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        requested.append(signal.Signals(signum).name)
+        signal.signal(signum, previous[signum])
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def run_paths(cfg: Config) -> dict[str, Path]:
     root = Path(cfg.out) / cfg.name
     return {"root": root, "last": root / "checkpoints" / "last.safetensors",
@@ -329,27 +402,52 @@ def save_checkpoint(path: Path, cfg: Config, model_args: dict[str, Any], model: 
     checkpoint.save(path, tensors, meta)
 
 
-def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            procs: Processes) -> Progress:
-    """Load a checkpoint written by `save_checkpoint` into the run's objects; refuse one from a
-    different model, data set, seed or number of processes."""
-    tensors, meta = checkpoint.read(path)
-    saved = meta["config"]
+def changed_settings(saved: dict[str, Any], cfg: Config, path: Path) -> dict[str, list[Any]]:
+    """The train settings of `cfg` that differ from a checkpoint's config `saved`, as {dotted
+    name: [saved, now]}; a UserError if anything but `RESUMABLE` settings differ."""
     now = cfgmod.to_dict(cfg)
     differ = [f"{s}.{k}" for s in ("model", "data") for k in now[s] if saved[s].get(k) != now[s][k]]
     differ += [k for k in ("seed",) if saved.get(k) != now[k]]
     if differ:
         raise UserError(f"checkpoint {str(path)!r} is incompatible with this config: {', '.join(differ)} differ")
+    changes = {f"train.{k}": [saved["train"].get(k), v] for k, v in now["train"].items() if saved["train"].get(k) != v}
+    fixed = [k for k in changes if k.removeprefix("train.") not in RESUMABLE]
+    if fixed:
+        shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in fixed)
+        raise UserError(
+            f"resuming {str(path)!r} with changed {shown}: a resumed run keeps the settings its optimizer and "
+            f"schedule states come from; only {', '.join('train.' + k for k in RESUMABLE)} may change "
+            "(start a new run to train with other settings)"
+        )
+    return changes
+
+
+def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+            procs: Processes) -> tuple[Progress, dict[str, list[Any]]]:
+    """Load a checkpoint written by `save_checkpoint` into the run's objects; refuse one from a
+    different model, data set, seed or number of processes, or with changed train settings
+    outside `RESUMABLE`. Returns the progress and the changed settings ({name: [saved, now]}).
+    A step-wise schedule follows the current config from the checkpoint's step on: with more
+    (or fewer) epochs, its total length changes, and so does the rate at that step."""
+    tensors, meta = checkpoint.read(path)
+    changes = changed_settings(meta["config"], cfg, path)
     p = meta["progress"]
     if p["world"] != procs.world:
         raise UserError(f"checkpoint {str(path)!r} was written by {p['world']} process(es); resume it with the same number")
     checkpoint.load_weights(model, tensors, path)
     checkpoint.load_optimizer(opt, tensors, meta["optimizer"])
     optim.load_schedule_state(sched, meta["scheduler"])
+    if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+        # The rate at the checkpoint's step under this config's schedule: the saved rate when
+        # nothing changed (the same arithmetic), the longer or shorter schedule's otherwise.
+        for group, base, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
     set_rng_state(tensors[f"rng.torch.{procs.rank}"], meta["rng"][procs.rank])
     if f"rng.cuda.{procs.rank}" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"])
-    return Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"])
+    prog = Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"])
+    return prog, changes
 
 
 def tensorboard_writer(cfg: Config, root: Path, start_step: int) -> Any:
@@ -385,15 +483,63 @@ def fit(config: Config, data: Any = None, resume: bool | str | Path = False) -> 
 
 
 def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | Path) -> dict[str, Any]:
-    """The body of `fit` for a validated config, in this process's place in the job."""
+    """The body of `fit` for a validated config, in this process's place in the job: the run
+    directory locked (process 0) and SIGINT / SIGTERM turned into a checkpoint and `Interrupted`."""
+    root = run_paths(cfg)["root"]
+    with run_lock(root) if procs.main else contextlib.nullcontext(), stop_requests() as requested:
+        return train_locked(cfg, procs, data, resume, requested)
+
+
+def resume_source(paths: dict[str, Path], resume: bool | str | Path) -> tuple[Path | None, bool]:
+    """The checkpoint to resume from (None for a new run) and whether it is a fork: a checkpoint
+    of another run directory, continued in this one. Refuses, before anything is written, a new
+    run or a fork into a directory that holds a run, and a fork whose source lacks the best
+    checkpoint that the run's results come from."""
+    if not resume:
+        if paths["last"].exists():
+            raise UserError(f"{paths['root']} already holds a run; continue it with --resume or pick another --name")
+        return None, False
+    source = paths["last"] if resume is True else Path(resume)
+    fork = source.resolve().parent != paths["last"].parent.resolve()
+    if fork:
+        if paths["last"].exists():
+            raise UserError(f"{paths['root']} already holds a run; fork {str(source)!r} into a new --name")
+        _, meta = checkpoint.read(source)
+        best = source.parent / "best.safetensors"
+        if meta["progress"]["best_epoch"] > 0 and not best.is_file():
+            raise UserError(f"cannot fork {str(source)!r}: its run's best checkpoint {str(best)!r} is missing")
+    return source, fork
+
+
+def clean_temporary_files(root: Path) -> None:
+    """Remove the temporary files of checkpoint writes that a killed process left behind (the
+    caller holds the run's lock, so no write is in progress)."""
+    for tmp in (root / "checkpoints").glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def record_resume(root: Path, source: Path, fork: bool, prog: Progress, changes: dict[str, list[Any]]) -> None:
+    """Append one line to root/resumes.jsonl: where the run continued from, at which step, and
+    the settings that changed there (config.toml holds the current ones)."""
+    entry = {"checkpoint": str(source), "fork": fork, "epoch": prog.epoch, "batch": prog.batch, "step": prog.step,
+             "changes": changes}
+    with open(root / "resumes.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | Path,
+                 requested: list[str]) -> dict[str, Any]:
+    """`run_training` once the run directory is this process's; `requested` fills with the
+    names of stop signals."""
     tc = cfg.train
     device, dtype = pick_device(tc.device, procs), DTYPES[tc.dtype]
     if tc.batch_size % procs.world:
         raise UserError(f"train.batch_size={tc.batch_size} must be divisible by the {procs.world} processes")
     local_batch = tc.batch_size // procs.world
     paths = run_paths(cfg)
-    if not resume and paths["last"].exists():
-        raise UserError(f"{paths['root']} already holds a run; continue it with --resume or pick another --name")
+    source, fork = resume_source(paths, resume)
+    if procs.main:
+        clean_temporary_files(paths["root"])
     spec = data if data is not None else load_data(cfg.data)
     task = spec.task
 
@@ -405,13 +551,18 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
     per_rank = math.ceil(len(spec.train) / procs.world)
     steps_per_epoch = math.ceil(per_rank / local_batch)
     sched = optim.scheduler(opt, tc, steps_per_epoch, metrics.MODE[task])
-    prog = Progress()
-    if resume:
-        ckpt = paths["last"] if resume is True else Path(resume)
-        prog = restore(ckpt, cfg, model, opt, sched, procs)
-        log.info("resumed from %s at epoch %d, batch %d (step %d)", ckpt, prog.epoch + 1, prog.batch, prog.step)
+    prog, changes = Progress(), {}
+    if source is not None:
+        prog, changes = restore(source, cfg, model, opt, sched, procs)
+        shown = "".join(f", {k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        log.info("%s %s at epoch %d, batch %d (step %d)%s", "forked from" if fork else "resumed from", source,
+                 prog.epoch + 1, prog.batch, prog.step, shown)
     if procs.main:
         paths["root"].mkdir(parents=True, exist_ok=True)
+        if fork and prog.best_epoch > 0:
+            checkpoint.atomic_write(paths["best"], (source.parent / "best.safetensors").read_bytes())
+        if source is not None:
+            record_resume(paths["root"], source, fork, prog, changes)
         (paths["root"] / "config.toml").write_text(cfgmod.dumps(cfg))
         report.write_csv(paths["root"] / "metrics.csv", prog.history)
     board = tensorboard_writer(cfg, paths["root"], prog.step) if procs.main else None
@@ -426,8 +577,20 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
             best_state = {k: v.to(device=device, dtype=best_state[k].dtype)
                           for k, v in checkpoint.prefixed(best_tensors, "model.").items()}
 
+        last_save = time.monotonic()
+
+        def diverged(what: str) -> Diverged:
+            last = paths["last"]
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            return Diverged(f"{what} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step {prog.step + 1}); "
+                            f"{kept}; lower train.lr or set train.grad_clip and resume")
+
         def checkpoint_to(path: Path) -> None:
+            nonlocal last_save
+            if not weights_finite(model):  # never overwrite a good checkpoint with NaN weights
+                raise diverged("the weights became NaN or Inf")
             save_checkpoint(path, cfg, model_args, model, opt, sched, prog, procs)
+            last_save = time.monotonic()
 
         stopped = False
         while prog.epoch < tc.epochs and not stopped:
@@ -441,20 +604,25 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
             net.train()
             for batch in bar:
                 batch = batches.to_device(batch, device, dtype)
-                with autocast(device, tc.amp):
-                    out = forward(net, batch)
+                try:
+                    with autocast(device, tc.amp):
+                        out = forward(net, batch)
+                except ValueError as e:  # NaN weights make NaN activations that a layer's input check refuses
+                    if not weights_finite(model):
+                        raise diverged("the weights became NaN or Inf") from e
+                    raise
                 out = out if out.dtype in DTYPES.values() else out.float()  # autocast logits in full precision
                 loss = metrics.loss(task, out, batch["y"])
-                finite = torch.isfinite(loss.detach()).to(torch.int32)
+                # One collective per step for every process's verdicts: the loss is not finite,
+                # a stop signal came, a timed checkpoint is due.
+                flags = torch.tensor([not bool(torch.isfinite(loss.detach())), bool(requested),
+                                      tc.checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * tc.checkpoint_minutes],
+                                     dtype=torch.int32, device=device)
                 if procs.world > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if not finite.item():
-                    last = paths["last"]
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                    raise Diverged(
-                        f"loss became {loss.item()} at epoch {prog.epoch + 1}, batch {prog.batch + 1} (step "
-                        f"{prog.step + 1}); {kept}; lower train.lr or set train.grad_clip and resume"
-                    )
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                nonfinite, stop, due = flags.tolist()
+                if nonfinite:
+                    raise diverged(f"the loss became {loss.item()}")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if tc.grad_clip > 0:
@@ -475,7 +643,14 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
                 if board is not None:
                     board.add_scalar("train/loss_step", loss.item(), prog.step)
                     board.add_scalar("train/lr", opt.param_groups[0]["lr"], prog.step)
-                if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
+                if stop:
+                    checkpoint_to(paths["last"])
+                    signame = requested[0] if requested else "a stop signal (another process)"
+                    raise Interrupted(
+                        f"{signame} at epoch {prog.epoch + 1}, batch {prog.batch} (step {prog.step}): checkpoint "
+                        f"written to {paths['last']}; continue with --resume"
+                    )
+                if due or (tc.checkpoint_every and prog.step % tc.checkpoint_every == 0):
                     checkpoint_to(paths["last"])
                 if tc.max_steps and prog.step >= tc.max_steps:
                     stopped = True
@@ -485,6 +660,8 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
                 checkpoint_to(paths["last"])
                 break
             train_result = _result(totals, task, device, procs)
+            if not weights_finite(model):
+                raise diverged("the weights became NaN or Inf")
             val = score(net, val_loader, task, device, dtype, procs, amp=tc.amp, desc="val", progress=tc.progress)
             metric = metrics.METRIC[task]
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):

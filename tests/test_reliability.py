@@ -1,0 +1,250 @@
+"""Training that never loses work: stop signals write a checkpoint at the current step, a killed
+run resumes from its last one, the run directory is locked against a second process, forks
+into a new run directory, resumes with changed settings, and every NaN path ends in the
+'diverged' message.
+
+The fault-injection tests run real `lssl train` processes on a tiny parity config and stop them
+at a random step (SIGINT, SIGTERM, SIGKILL), resume until the run is done, and compare the
+final weights with an uninterrupted run bit for bit. CI runs one seed per signal; set
+LSSL_FAULT_SEEDS=5 (or more) for the full set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lssl import config
+from lssl.errors import UserError
+from lssl.train import Diverged, Interrupted, checkpoint, fit, loop
+
+from .helpers import toy_spec
+from .test_train import model_tensors, toy_config
+
+FAULT_SEEDS = int(os.environ.get("LSSL_FAULT_SEEDS", "1"))
+
+PARITY = """
+name = "{name}"
+out = "{out}"
+seed = 1
+[model]
+layer = "s4d"
+d_model = 8
+n_layers = 1
+d_state = 8
+dropout = 0.1
+[data]
+name = "parity"
+options = {{ length = 32, n_train = 512, n_val = 32, n_test = 32 }}
+[train]
+epochs = 3
+batch_size = 8
+lr = 0.01
+scheduler = "cosine"
+warmup_steps = 5
+checkpoint_every = 7
+progress = false
+"""
+
+
+def write_config(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(PARITY.format(name=name, out=tmp_path / "runs"))
+    return path
+
+
+def lssl(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lssl", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model_tensors(run / "checkpoints/last.safetensors").items() if k.startswith("model.")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The uninterrupted run's final weights."""
+    tmp = tmp_path_factory.mktemp("reference")
+    code, text = finish(lssl("train", str(write_config(tmp, "full"))))
+    assert code == 0, text
+    return weights(tmp / "runs/full")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("seed", range(FAULT_SEEDS))
+def test_a_run_stopped_at_a_random_step_resumes_to_the_same_weights(tmp_path, reference, sig, seed):
+    cfg = write_config(tmp_path, "run")
+    run = tmp_path / "runs/run"
+    proc = lssl("train", str(cfg))
+    # Wait for the first checkpoint (step 7), then stop somewhere in the remaining 185 steps.
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints/last.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, finish(proc)[1]
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    proc.send_signal(getattr(signal, sig))
+    code, text = finish(proc)
+    if code == 0:
+        pytest.skip("the run finished before the signal arrived")  # too fast a machine for this delay
+    if sig == "SIGKILL":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 130, text
+        assert f"lssl: interrupted: {sig} at epoch" in text and "checkpoint written to" in text, text
+        assert "Traceback" not in text
+        _, meta = checkpoint.read(run / "checkpoints/last.safetensors")
+        assert meta["progress"]["step"] > 7  # the step the signal came at, not the first checkpoint's
+    code, text = finish(lssl("train", str(cfg), "--resume"))
+    assert code == 0, text
+    assert not list((run / "checkpoints").glob(".*.tmp-*"))  # a killed write's leftovers are gone
+    got = weights(run)
+    assert got.keys() == reference.keys()
+    for k in got:
+        assert torch.equal(got[k], reference[k]), k
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_directory_fails_at_once_naming_the_first(tmp_path):
+    cfg = write_config(tmp_path, "run")
+    first = lssl("train", str(cfg), "--train.epochs=50")
+    lock = tmp_path / "runs/.run.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip()):
+        assert first.poll() is None and time.monotonic() < deadline, finish(first)[1]
+        time.sleep(0.02)
+    try:
+        code, text = finish(lssl("train", str(cfg)), timeout=120)
+        assert code == 2, text
+        assert text.strip().splitlines()[-1] == (
+            f"lssl: error: run directory {tmp_path / 'runs/run'} is in use by another lssl process "
+            f"(pid {first.pid}); wait for it to finish or pick another --name"
+        )
+    finally:
+        first.kill()
+        first.communicate()
+    # The dead holder's lock file does not block the next run.
+    code, text = finish(lssl("train", str(cfg), "--resume", "--train.epochs=1"))
+    assert code in (0, 2), text
+    assert "in use by another" not in text
+
+
+def test_sigint_in_process_checkpoints_the_current_step_and_resumes_bit_exactly(tmp_path, monkeypatch):
+    spec = toy_spec(n_train=32)  # 4 steps per epoch, 8 in all
+    full = fit(toy_config(tmp_path, "full", scheduler="cosine", warmup_steps=2), data=spec)
+    calls = {"n": 0}
+    original = loop.forward
+
+    def forward(model, batch, rate=1.0):
+        calls["n"] += model.training
+        if calls["n"] == 6 and model.training:  # the 6th training step
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(model, batch, rate)
+
+    monkeypatch.setattr(loop, "forward", forward)
+    cfg = toy_config(tmp_path, "cut", scheduler="cosine", warmup_steps=2)
+    with pytest.raises(Interrupted, match=r"SIGINT at epoch 2, batch 2 \(step 6\): checkpoint written to"):
+        fit(cfg, data=spec)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    _, meta = checkpoint.read(tmp_path / "cut/checkpoints/last.safetensors")
+    assert (meta["progress"]["epoch"], meta["progress"]["batch"], meta["progress"]["step"]) == (1, 2, 6)
+    monkeypatch.setattr(loop, "forward", original)
+    resumed = fit(cfg, data=spec, resume=True)
+    assert resumed["test"] == full["test"]
+    a, b = model_tensors(tmp_path / "full/checkpoints/last.safetensors"), model_tensors(
+        tmp_path / "cut/checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_timed_checkpoint_is_written_when_its_minutes_have_passed(tmp_path, monkeypatch):
+    spec = toy_spec(n_train=32)
+    clock = {"t": 0.0}
+
+    def monotonic():
+        clock["t"] += 30.0  # every call half a minute later
+        return clock["t"]
+
+    monkeypatch.setattr(loop.time, "monotonic", monotonic)
+    saved = []
+    original = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, *a: (saved.append(Path(path).name), original(path, *a)))
+    fit(toy_config(tmp_path, "timed", epochs=1, checkpoint_minutes=1.0), data=spec)
+    # Steps 2..4 find a minute passed since the previous save; the epoch end writes last and best.
+    assert saved.count("last.safetensors") >= 3
+    saved.clear()
+    fit(toy_config(tmp_path, "untimed", epochs=1, checkpoint_minutes=0.0), data=spec)
+    assert saved == ["last.safetensors", "best.safetensors"]
+
+
+def test_a_fork_continues_another_runs_checkpoint_in_a_new_directory(tmp_path):
+    spec = toy_spec(n_train=32)
+    full = fit(toy_config(tmp_path, "full"), data=spec)
+    fit(toy_config(tmp_path, "source", max_steps=6), data=spec)  # epoch 1 done (best), stopped at step 6
+    source = tmp_path / "source/checkpoints/last.safetensors"
+    forked = fit(toy_config(tmp_path, "fork"), data=spec, resume=source)
+    assert forked["test"] == full["test"] and forked["steps"] == 8
+    assert (tmp_path / "fork/checkpoints/best.safetensors").is_file()
+    entry = json.loads((tmp_path / "fork/resumes.jsonl").read_text())
+    assert entry == {"checkpoint": str(source), "fork": True, "epoch": 1, "batch": 2, "step": 6,
+                     "changes": {"train.max_steps": [6, 0]}}
+    # Into a directory that holds a run, or from a run whose best checkpoint is gone: refused
+    # before anything is written.
+    with pytest.raises(UserError, match="already holds a run; fork"):
+        fit(toy_config(tmp_path, "full"), data=spec, resume=source)
+    (tmp_path / "source/checkpoints/best.safetensors").unlink()
+    with pytest.raises(UserError, match="best checkpoint .* is missing"):
+        fit(toy_config(tmp_path, "other"), data=spec, resume=source)
+    assert not (tmp_path / "other").exists()
+
+
+def test_resume_with_changed_settings_is_recorded_or_refused(tmp_path):
+    spec = toy_spec(n_train=32)  # 4 steps per epoch
+    fit(toy_config(tmp_path, "run", epochs=2, scheduler="cosine"), data=spec)
+    with pytest.raises(UserError, match=r"changed train.lr \(0.01 -> 0.02\).*only train.epochs"):
+        fit(toy_config(tmp_path, "run", epochs=4, scheduler="cosine", lr=0.02), data=spec, resume=True)
+    longer = toy_config(tmp_path, "run", epochs=4, scheduler="cosine")
+    results = fit(longer, data=spec, resume=True)
+    assert results["epochs"] == 4 and results["steps"] == 16
+    assert config.load(tmp_path / "run/config.toml").train.epochs == 4  # config.toml stays true
+    entry = json.loads((tmp_path / "run/resumes.jsonl").read_text())
+    assert entry["changes"] == {"train.epochs": [2, 4]} and entry["step"] == 8
+    # The extended cosine follows the 4-epoch schedule from step 8 on: its middle, not 0.
+    _, meta = checkpoint.read(tmp_path / "run/checkpoints/last.safetensors")
+    lrs = [row["lr"] for row in meta["history"]]
+    assert lrs[1] == 0.0 and 0 < lrs[2] < 0.01 and lrs[3] == 0.0
+
+
+def test_nan_weights_end_in_the_diverged_message_not_a_layer_error(tmp_path, monkeypatch):
+    spec = toy_spec(n_train=32)
+    cfg = toy_config(tmp_path, "nan", epochs=2)
+    original = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):  # the 3rd optimizer step leaves NaN weights
+        out = original(self, *args, **kwargs)
+        poisoned.calls += 1
+        if poisoned.calls == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    with pytest.raises(Diverged, match=r"the weights became NaN or Inf at epoch 1, batch 4 \(step 4\); "
+                                       r"no checkpoint was written yet"):
+        fit(cfg, data=spec)
