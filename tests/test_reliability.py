@@ -248,3 +248,133 @@ def test_nan_weights_end_in_the_diverged_message_not_a_layer_error(tmp_path, mon
     with pytest.raises(Diverged, match=r"the weights became NaN or Inf at epoch 1, batch 4 \(step 4\); "
                                        r"no checkpoint was written yet"):
         fit(cfg, data=spec)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD_TOML = 'name = "x"\n[model\n'
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished toy run (its best checkpoint) for the eval and resume cases."""
+    root = tmp_path_factory.mktemp("trained")
+    fit(toy_config(root, "done", epochs=1), data=toy_spec())
+    return root / "done/checkpoints/best.safetensors"
+
+
+@pytest.fixture
+def workdir(monkeypatch, tmp_path, trained):
+    """A temp working directory with toy.toml (toy data), broken config files, a plain file where a
+    directory is expected, ckpt.safetensors: the trained toy checkpoint, and the run runs/existing."""
+    from .test_cli import CONFIG
+
+    spec = toy_spec()
+    monkeypatch.setattr(loop, "load_data", lambda data: spec)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy.toml").write_text(CONFIG)
+    (tmp_path / "bad.toml").write_text(BAD_TOML)
+    (tmp_path / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    (tmp_path / "afile").write_text("not a directory")
+    (tmp_path / "ckpt.safetensors").write_bytes(trained.read_bytes())
+    (tmp_path / "runs/existing/checkpoints").mkdir(parents=True)
+    (tmp_path / "runs/existing/checkpoints/last.safetensors").write_bytes(trained.read_bytes())
+    return tmp_path
+
+
+CLI_CASES = [
+    # (arguments, exit code, part of the one line)
+    ([], 2, "required: COMMAND"),
+    (["train"], 2, "required: config"),
+    (["fly"], 2, "invalid choice: 'fly'"),
+    (["info", "--fast"], 2, "unrecognized arguments: --fast"),
+    (["train", "toy.toml", "model.d_state=4"], 2, "--section.field=value"),
+    (["train", "missing.toml"], 2, "config file 'missing.toml' not found"),
+    (["train", "bad.toml"], 2, "is not valid TOML"),
+    (["train", "latin1.toml"], 2, "is not UTF-8 text"),
+    (["train", "toy.toml", "--model.d_stat=4"], 2, "did you mean 'model.d_state'"),
+    (["train", "toy.toml", "--train.lr=-1"], 2, "train.lr must be > 0"),
+    (["train", "toy.toml", "--train.lr=nan"], 2, "train.lr must be > 0"),
+    (["train", "toy.toml", "--train.lr=inf"], 2, "must be finite"),
+    (["train", "toy.toml", "--train.lr=fast"], 2, "train.lr"),
+    (["train", "toy.toml", "--train.batch_size=0"], 2, "train.batch_size must be > 0"),
+    (["train", "toy.toml", "--train.batch_size=-3"], 2, "train.batch_size must be > 0"),
+    (["train", "toy.toml", "--train.epochs=0"], 2, "train.epochs must be > 0"),
+    (["train", "toy.toml", "--train.weight_decay=-0.1"], 2, "train.weight_decay must be >= 0"),
+    (["train", "toy.toml", "--train.checkpoint_minutes=-1"], 2, "train.checkpoint_minutes must be >= 0"),
+    (["train", "toy.toml", "--train.checkpoint_minutes=inf"], 2, "must be finite"),
+    (["train", "toy.toml", "--train.scheduler=\"wave\""], 2, "train.scheduler must be one of"),
+    (["train", "toy.toml", "--train.device=\"tpu\""], 2, "train.device must be one of"),
+    (["train", "toy.toml", "--train.amp=\"fp16\""], 2, "needs a CUDA device"),
+    (["train", "toy.toml", "--train.scheduler=\"multistep\""], 2, "needs train.milestones"),
+    (["train", "toy.toml", "--model.dropout=1.5"], 2, "model.dropout must be in [0, 1)"),
+    (["train", "toy.toml", "--model.d_model=0"], 2, "model.d_model must be > 0"),
+    (["train", "toy.toml", "--model.layer=\"s6\""], 2, "s6"),
+    (["train", "toy.toml", "--model.layer_args={bogus = 1}"], 2, "model.layer_args"),
+    (["train", "toy.toml", "--name=\"../x\""], 2, "name must be a plain directory name"),
+    (["train", "toy.toml", "--resume"], 2, "runs/cli/checkpoints/last.safetensors' not found"),
+    (["train", "toy.toml", "--resume", "nothing.safetensors"], 2, "checkpoint 'nothing.safetensors' not found"),
+    (["train", "toy.toml", "--resume", "toy.toml"], 2, "is corrupt or not a safetensors file"),
+    (["train", "toy.toml", "--name=\"existing\""], 2, "runs/existing already holds a run"),
+    (["train", "toy.toml", "--out=\"afile\""], 1, "afile"),
+    (["train", "toy.toml", "--out=\"afile/sub\""], 1, "Not a directory: afile"),
+    (["eval", "nothing.safetensors"], 2, "checkpoint 'nothing.safetensors' not found"),
+    (["eval", "toy.toml"], 2, "is corrupt or not a safetensors file"),
+    (["eval", "ckpt.safetensors", "--rate", "nan"], 2, "argument --rate: expected a finite number > 0, got 'nan'"),
+    (["eval", "ckpt.safetensors", "--rate", "inf"], 2, "argument --rate: expected a finite number > 0"),
+    (["eval", "ckpt.safetensors", "--rate", "-2"], 2, "argument --rate: expected a finite number > 0"),
+    (["eval", "ckpt.safetensors", "--rate", "0"], 2, "argument --rate: expected a finite number > 0"),
+    (["eval", "ckpt.safetensors", "--rate", "1.5"], 2, "--rate must be a positive integer to decimate"),
+    (["eval", "ckpt.safetensors", "--batch-size", "-3"], 2, "argument --batch-size: expected a positive integer"),
+    (["eval", "ckpt.safetensors", "--batch-size", "0"], 2, "argument --batch-size: expected a positive integer"),
+    (["eval", "ckpt.safetensors", "--batch-size", "two"], 2, "argument --batch-size: expected a positive integer"),
+    (["eval", "ckpt.safetensors", "--device", "tpu"], 2, "argument --device: invalid choice"),
+    (["eval", "ckpt.safetensors", "--split", "holdout"], 2, "unknown split 'holdout'"),
+    (["compare", "missing.toml"], 2, "grid file 'missing.toml' not found"),
+    (["compare", "bad.toml"], 2, "is not valid TOML"),
+    (["compare", "toy.toml", "--seeds", "a,b"], 2, "expected comma-separated integers"),
+    (["bench", "everything"], 2, "argument which: invalid choice"),
+    (["data", "prepare", "nope"], 2, "unknown data set 'nope'"),
+]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    from lssl import cli
+
+    try:
+        code = cli.main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, code, message", CLI_CASES, ids=[" ".join(c[0]) or "(none)" for c in CLI_CASES])
+def test_bad_input_is_one_line_with_the_right_exit_code(workdir, capsys, args, code, message):
+    got, err = run_cli(args, capsys)
+    assert got == code, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("lssl") and ": error: " in err and message in err, err
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    PermissionError(13, "Permission denied"),
+    OSError(30, "Read-only file system"),
+])
+def test_environment_failures_while_writing_are_one_line_naming_the_path(workdir, capsys, monkeypatch, error):
+    def fail(path, data):
+        error.filename = str(path)
+        raise error
+
+    monkeypatch.setattr(checkpoint, "atomic_write", fail)
+    code, err = run_cli(["train", "toy.toml", "--out=\"elsewhere\""], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == f"lssl: error: {error.strerror}: {error.filename}\n"
+    assert error.filename.startswith("elsewhere/cli/checkpoints/")
+
+
+def test_debug_shows_the_traceback(workdir, capsys):
+    from lssl import cli
+
+    with pytest.raises(UserError, match="not found"):
+        cli.main(["--debug", "train", "missing.toml"])

@@ -16,8 +16,11 @@ difference to the baseline model with a 95 % interval, time per cell) and OUT/TA
 samples) and writes to OUT-quick by default; overrides apply to every cell.
 
 Mistakes in the input (a missing file, an unknown config field, a bad value, a corrupt
-checkpoint) are printed as one line `lssl: error: ...` with exit code 2; a diverged run exits
-with code 1, naming its last good checkpoint.
+checkpoint) are printed as one line `lssl: error: ...` with exit code 2; failures of the
+environment (permissions, a read-only or full disk, a file where a directory should be) as one
+line naming the path, exit code 1; a diverged run exits with code 1, naming its last good
+checkpoint; SIGINT or SIGTERM during training writes a checkpoint of the current step and exits
+with code 130. `lssl --debug ...` (or LSSL_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from .data import cli as data_cli
 from .errors import UserError
@@ -70,6 +75,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _names(text: str) -> list[str]:
@@ -152,11 +177,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser and its sub-command set (other modules add theirs with `add_parser`)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lssl", description="Train and evaluate linear state-space sequence models (LSSL, S4, S4D, Liquid-S4).")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line (also LSSL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an experiment config",
@@ -171,9 +205,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Score CHECKPOINT on one split.")
     p.add_argument("checkpoint", help="a .safetensors checkpoint (runs/NAME/checkpoints/best.safetensors)")
     p.add_argument("--split", default="test", help="train, val, test or an extra split such as test_8k (default test)")
-    p.add_argument("--rate", type=float, default=None,
+    p.add_argument("--rate", type=_positive_float, default=None,
                    help="sampling-rate factor: decimate the split by it (x[::rate]) and run the model at dt*rate")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the training batch size")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default: the training batch size")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
@@ -218,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .train import Diverged, Interrupted
 
+    if args.debug or os.environ.get("LSSL_DEBUG"):
+        return args.func(args)
     try:
         return args.func(args)
     except UserError as e:
@@ -229,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"lssl: interrupted: {e}", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment: permissions, read-only or full disks, a file where a folder should be
+        where = f": {e.filename}" if e.filename else ""
+        print(f"lssl: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lssl: interrupted at once, without a checkpoint of the current step (--resume continues a "
               "training run from its last checkpoint, if it has one)", file=sys.stderr)

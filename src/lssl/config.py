@@ -253,7 +253,9 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{what} {str(path)!r} not found")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{what} {str(path)!r} is not valid TOML: {e}") from e
 
