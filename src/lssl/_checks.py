@@ -21,10 +21,40 @@ def check_positive(name: str, value: float | torch.Tensor) -> None:
     t = torch.as_tensor(value)
     if t.is_complex():
         raise ValueError(f"{name} must be real, got a complex tensor")
+    if t.is_meta:  # shapes without values (deferred initialisation): nothing to check
+        return
     bad = ~(torch.isfinite(t) & (t > 0))
     if bad.any():
         first = t.flatten()[bad.flatten()][0].item()
         raise ValueError(f"{name} must be finite and > 0, got {first!r}")
+
+
+def check_rate(rate: float | torch.Tensor) -> float:
+    """`rate` (a sampling-rate factor) as a Python float: a real number or a 0-d real tensor,
+    finite and > 0."""
+    if isinstance(rate, torch.Tensor):
+        if rate.dim() != 0 or rate.is_complex():
+            raise ValueError(f"rate must be a number or a 0-d real tensor, got a tensor of shape {tuple(rate.shape)}")
+        rate = rate.item()
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise ValueError(f"rate must be a number, got {type(rate).__name__}")
+    check_positive("rate", rate)
+    return float(rate)
+
+
+def check_state(name: str, state: object, like: torch.Tensor, batch: int) -> None:
+    """Raise unless `state` is a tensor fit to continue from: the shape (B, ...) of `like`
+    (a default state of one sequence) with B = `batch`, its device, and complex exactly when it is."""
+    expected = (batch, *like.shape[1:])
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor of shape (B, H, S) = {expected} (from default_state, step or "
+                         f"return_state=True), got {type(state).__name__}")
+    if tuple(state.shape) != expected:
+        raise ValueError(f"{name} must have shape (B, H, S) = {expected} for this layer and batch, "
+                         f"got {tuple(state.shape)}")
+    if state.device != like.device or state.is_complex() != like.is_complex():
+        raise ValueError(f"{name} must be a {like.dtype} tensor on {like.device} like the layer's, got {state.dtype} "
+                         f"on {state.device}")
 
 
 def check_unit_interval(name: str, value: float) -> None:
@@ -43,6 +73,8 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise if `t` holds NaN or Inf."""
     # Any NaN or Inf makes the sum NaN or Inf, so a finite sum clears the tensor in one cheap
     # reduction; only a non-finite sum (possibly overflow of finite values) needs the full check.
+    if t.is_meta:  # shapes without values: nothing to check
+        return
     if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")
 

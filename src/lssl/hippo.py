@@ -139,7 +139,13 @@ class NPLR(NamedTuple):
 
 def nplr(measure: str, N: int) -> NPLR:
     """Diagonalise the normal part of a HiPPO matrix with a unitary V (never the ill-conditioned
-    eigenvectors of A itself). N must be even: the modes come in conjugate pairs."""
+    eigenvectors of A itself). N must be even: the modes come in conjugate pairs. Computed on the
+    CPU whatever the default device (on 'meta' an eigendecomposition has no values)."""
+    with torch.device("cpu"):
+        return _nplr(measure, N)
+
+
+def _nplr(measure: str, N: int) -> NPLR:
     A, B = transition(measure, N)
     check_even("N", N, CONJUGATE_PAIRS)
     P = rank_correction(measure, N)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_finite, check_positive
+from ._checks import check_choice, check_finite, check_positive, check_rate, check_state
 from .kernels.base import SSMKernel
 from .kernels.diag import INITS as DIAG_INITS
 from .kernels.diag import DiagKernel
@@ -46,6 +46,24 @@ def check_input(name: str, x: Tensor, width: int, rank: int) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     check_finite(name, x)
+
+
+# Parameter dtypes the layers run in: their kernels use complex arithmetic (FFTs, Cauchy and
+# Vandermonde sums), which torch lacks for float16 and bfloat16 on most devices.
+PARAMETER_DTYPES = (torch.float32, torch.float64)
+
+
+def refuse_low_precision(fn: Any, what: str) -> None:
+    """Raise if the module conversion `fn` (as given to `nn.Module._apply`) turns float32
+    parameters into a dtype outside `PARAMETER_DTYPES`, before anything is converted."""
+    dtype = fn(torch.zeros(())).dtype
+    if dtype.is_floating_point and dtype not in PARAMETER_DTYPES:
+        raise ValueError(
+            f"{what} keeps its parameters in float32 or float64, not {dtype}: its kernels need complex arithmetic "
+            "that torch lacks in half precision. For mixed precision keep float32 parameters and run under "
+            "torch.autocast(device_type, dtype=torch.bfloat16) (or float16 on CUDA): the layers' SSM maths then "
+            "stay in float32 and only their output mix follows autocast"
+        )
 
 
 def check_gaps(dt_scale: Any, shape: tuple[int, ...], layout: str) -> None:
@@ -99,6 +117,23 @@ class SSMLayer(nn.Module):
             "none": nn.Identity,
         }[mix]()
         self._recurrence_cache: tuple[Any, Any] | None = None
+        self._state_cache: tuple[Any, Tensor] | None = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SSMLayer:
+        refuse_low_precision(fn, type(self).__name__)
+        return super()._apply(fn, recurse)
+
+    def _state_like(self) -> Tensor:
+        """The kernel's zero state for one sequence (1, H, S), kept while the layer's device and
+        dtype stay the same (steps check every state against it)."""
+        key = (self.D.device, self.D.dtype)
+        if self._state_cache is None or self._state_cache[0] != key:
+            self._state_cache = (key, self.kernel.default_state(1))
+        return self._state_cache[1]
+
+    def _check_state(self, state: Any, batch: int) -> None:
+        """Raise unless `state` can continue this layer for a batch of `batch` sequences."""
+        check_state("state", state, self._state_like(), batch)
 
     def _output(self, y: Tensor) -> Tensor:
         """(B, L, C, H) or (B, C, H) SSM output + D u -> activation, dropout, mix."""
@@ -140,13 +175,20 @@ class SSMLayer(nn.Module):
             y (B, L, H), and the final state (B, H, S) if return_state.
         """
         check_input("x", x, self.d_model, 3)
-        check_positive("rate", rate)
+        rate = check_rate(rate)
         if self.bidirectional and (state is not None or return_state):
             raise ValueError("a bidirectional layer has no state: it sees the future of every step")
-        if dt_scale is not None:
-            return self._irregular(x, state, return_state, rate, dt_scale)
-        y, pointwise, final = self._convolve(x, state, return_state, rate)
-        out = self._output(self._skip(y, x, pointwise))  # (B, L, H)
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        # The SSM maths run in the parameters' dtype even under autocast (mixed precision):
+        # kernels and FFT convolutions are where half precision loses the long-range taps.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.D.dtype)
+            if dt_scale is not None:
+                return self._irregular(x, state, return_state, rate, dt_scale)
+            y, pointwise, final = self._convolve(x, state, return_state, rate)
+            y = self._skip(y, x, pointwise)
+        out = self._output(y)  # (B, L, H); the mix under autocast if it is on
         return (out, final) if return_state else out
 
     def _convolve(self, x: Tensor, state: Any, return_state: bool, rate: float) -> tuple[Tensor, Tensor | None, Any]:
@@ -226,10 +268,15 @@ class SSMLayer(nn.Module):
         if self.bidirectional:
             raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
         check_input("x", x, self.d_model, 2)
+        rate = check_rate(rate)
+        self._check_state(state, x.shape[0])
         if dt_scale is not None:
             return self._step_with_gap(x, state, rate, dt_scale)
-        y, state = self._recurrence(rate).step(x, state)  # (B, C, H)
-        return self._output(y + self.D * x[:, None]), state
+        with torch.autocast(x.device.type, enabled=False):  # as in `forward`
+            x = x.to(self.D.dtype)
+            y, state = self._recurrence(rate).step(x, state)  # (B, C, H)
+            y = y + self.D * x[:, None]
+        return self._output(y), state
 
 
 class LSSL(SSMLayer):
@@ -508,6 +555,7 @@ class LiquidS4(SSMLayer):
                 "state must be a LiquidState (from default_state, step or return_state=True), "
                 f"got {type(state).__name__}"
             )
+        check_state("state.ssm", state.ssm, self._state_like(), batch)
         M = self.liquid.memory_size()
         expected = (batch, self.d_model, M)
         if tuple(state.memory.shape) != expected:
@@ -544,8 +592,6 @@ class LiquidS4(SSMLayer):
         self._check_dt_scale(dt_scale)
         if state is not None or return_state:
             self._check_causal()
-        if state is not None:
-            self._check_state(state, x.shape[0])
         self.liquid.set_length(x.shape[1])
         return super().forward(x, state, return_state, rate, dt_scale)
 
@@ -604,19 +650,24 @@ class LiquidS4(SSMLayer):
             raise ValueError("a bidirectional layer has no recurrent view: it sees the future of every step")
         self._check_causal()
         check_input("x", x, self.d_model, 2)
+        rate = check_rate(rate)
         self._check_dt_scale(dt_scale)
         self._check_state(state, x.shape[0])
         if dt_scale is not None:
             return self._step_with_gap(x, state, rate, dt_scale)
-        system = self._recurrence(rate)
-        if self.degree == 1:
-            y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)
-            return self._output(y + self.D * x[:, None]), LiquidState(ssm, state.memory)
-        w, z, memory = self.liquid.signals(x[..., None], system.s, state.memory)  # (B, H, 1) each
-        y, ssm = system.ssm.step(w[..., 0], state.ssm)  # (B, C, H)
-        if z is not None:
-            y = y + system.K0 * z[:, None, :, 0]
-        return self._output(y + self.D * x[:, None]), LiquidState(ssm, memory)
+        with torch.autocast(x.device.type, enabled=False):  # as in `SSMLayer.forward`
+            x = x.to(self.D.dtype)
+            system = self._recurrence(rate)
+            if self.degree == 1:
+                y, ssm = system.ssm.step(x, state.ssm)  # (B, C, H)
+                memory = state.memory
+            else:
+                w, z, memory = self.liquid.signals(x[..., None], system.s, state.memory)  # (B, H, 1) each
+                y, ssm = system.ssm.step(w[..., 0], state.ssm)  # (B, C, H)
+                if z is not None:
+                    y = y + system.K0 * z[:, None, :, 0]
+            y = y + self.D * x[:, None]
+        return self._output(y), LiquidState(ssm, memory)
 
 
 LAYERS: dict[str, type[SSMLayer]] = {"lssl": LSSL, "s4": S4, "s4d": S4D, "liquid-s4": LiquidS4}

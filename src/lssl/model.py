@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_finite, check_length
-from .layer import LAYERS, SSMLayer
+from .layer import LAYERS, SSMLayer, refuse_low_precision
 
 Tensor = torch.Tensor
 
@@ -172,6 +172,10 @@ class SequenceModel(nn.Module):
         elif self.pooling == "last":
             h = h[:, -1] if mask is None else h[torch.arange(h.shape[0]), lengths - 1]
         return self._decode(h)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SequenceModel:
+        refuse_low_precision(fn, "SequenceModel")  # before the encoder is converted, not after it
+        return super()._apply(fn, recurse)
 
     def default_state(self, batch: int) -> list[Tensor]:
         """The zero state of every layer."""

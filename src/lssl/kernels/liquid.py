@@ -828,8 +828,9 @@ class KernelB(LiquidTerm):
             self.register_buffer("length", torch.tensor(0))
 
     def set_length(self, length: int) -> None:
-        """Fix the normalisation's length l, unless already fixed (no-op without a scale)."""
-        if self.scale is not None and self.length.item() == 0:
+        """Fix the normalisation's length l, unless already fixed (no-op without a scale; deferred
+        for a meta buffer, which gets its value when a state dict is loaded)."""
+        if self.scale is not None and not self.length.is_meta and self.length.item() == 0:
             self.length.fill_(length)
 
     def order_scales(self) -> list[float]:
@@ -891,8 +892,9 @@ class PolyB(LiquidTerm):
         self._degree = degree
 
     def set_length(self, length: int) -> None:
-        """Fix the length l of the default window rule, unless already fixed."""
-        if self.length.item() == 0:
+        """Fix the length l of the default window rule, unless already fixed (or deferred: a meta
+        buffer gets its value when a state dict is loaded)."""
+        if not self.length.is_meta and self.length.item() == 0:
             self.length.fill_(length)
 
     def extra_repr(self) -> str:
