@@ -170,6 +170,9 @@ def test_sigint_in_process_checkpoints_the_current_step_and_resumes_bit_exactly(
     a, b = model_tensors(tmp_path / "full/checkpoints/last.safetensors"), model_tensors(
         tmp_path / "cut/checkpoints/last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    _, meta_a = checkpoint.read(tmp_path / "full/checkpoints/last.safetensors")
+    _, meta_b = checkpoint.read(tmp_path / "cut/checkpoints/last.safetensors")
+    assert meta_a["progress"]["steps"] == meta_b["progress"]["steps"] and len(meta_a["progress"]["steps"]) == 8
 
 
 def test_a_timed_checkpoint_is_written_when_its_minutes_have_passed(tmp_path, monkeypatch):
@@ -378,3 +381,40 @@ def test_debug_shows_the_traceback(workdir, capsys):
 
     with pytest.raises(UserError, match="not found"):
         cli.main(["--debug", "train", "missing.toml"])
+
+
+# ----------------------------------------------------------------------------- smaller ones
+
+
+def test_load_keeps_the_dtype_the_model_was_trained_in(tmp_path):
+    import lssl
+
+    fit(toy_config(tmp_path, "f64", epochs=1, dtype="float64"), data=toy_spec())
+    model = lssl.load(str(tmp_path / "f64/checkpoints/best.safetensors"))
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+def test_a_one_epoch_report_has_a_per_step_curve_and_the_data_sets_own_stand_in(tmp_path, monkeypatch):
+    from lssl.train import report
+
+    spec = toy_spec(n_train=160)  # 20 steps of 8
+    spec = type(spec)(**{**spec.__dict__, "stands_in_for": "nothing in particular"})
+    drawn = {}
+    original = report.plot_curves
+    monkeypatch.setattr(report, "plot_curves", lambda path, history, metric, steps=(): (
+        drawn.update(steps=steps), original(path, history, metric, steps)))
+    cfg = toy_config(tmp_path, "one", epochs=1)
+    cfg.stand_in = "a note the overrides made wrong"
+    fit(cfg, data=spec)
+    assert [s for s, _ in drawn["steps"]] == list(range(1, 21))  # every step of a 20-step epoch
+    text = (tmp_path / "one/report.md").read_text()
+    assert "nothing in particular" in text and "made wrong" not in text
+
+
+def test_bench_output_is_unbuffered(monkeypatch):
+    from lssl import cli
+
+    seen = {}
+    monkeypatch.setattr(cli.subprocess, "call", lambda command, cwd, env: seen.update(env=env) or 0)
+    assert cli.main(["bench", "kernels", "--quick"]) == 0
+    assert seen["env"]["PYTHONUNBUFFERED"] == "1"

@@ -140,7 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         command = [sys.executable, str(root / f"{name}.py"), *(["--quick"] if args.quick else [])]
         if args.out:
             command += ["--out", str(Path(args.out) / f"{name}.md")]
-        code = subprocess.call(command, cwd=root.parent)
+        # Unbuffered: each row shows as it is measured, not when a pipe's buffer fills.
+        code = subprocess.call(command, cwd=root.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if code:
             return code
     return 0

@@ -116,6 +116,7 @@ def load_model(path: str | Path) -> SequenceModel:
     """Rebuild the trained `SequenceModel` from a checkpoint alone (in eval mode)."""
     tensors, meta = read(path)
     model = SequenceModel(**meta["model_args"])
+    model.to(getattr(torch, meta["config"]["train"]["dtype"]))  # the dtype it was trained in
     load_weights(model, tensors, path)
     return model.eval()
 

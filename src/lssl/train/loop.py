@@ -284,6 +284,7 @@ class Progress:
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     partial: list[float] = field(default_factory=list)  # this epoch's training totals so far
+    steps: list[list[float]] = field(default_factory=list)  # [step, training loss] about 20 times an epoch
 
 
 @contextlib.contextmanager
@@ -396,7 +397,8 @@ def save_checkpoint(path: Path, cfg: Config, model_args: dict[str, Any], model: 
         "config": cfgmod.to_dict(cfg), "model_args": model_args, "optimizer": opt_meta,
         "scheduler": optim.schedule_state(sched), "rng": [s[2] for s in states],
         "progress": {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "best": prog.best,
-                     "best_epoch": prog.best_epoch, "partial": prog.partial, "world": procs.world},
+                     "best_epoch": prog.best_epoch, "partial": prog.partial, "world": procs.world,
+                     "steps": prog.steps},
         "history": prog.history,
     }
     checkpoint.save(path, tensors, meta)
@@ -446,7 +448,8 @@ def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimize
     set_rng_state(tensors[f"rng.torch.{procs.rank}"], meta["rng"][procs.rank])
     if f"rng.cuda.{procs.rank}" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"])
-    prog = Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"])
+    prog = Progress(p["epoch"], p["batch"], p["step"], p["best"], p["best_epoch"], meta["history"], p["partial"],
+                    p.get("steps", []))
     return prog, changes
 
 
@@ -551,6 +554,7 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
     per_rank = math.ceil(len(spec.train) / procs.world)
     steps_per_epoch = math.ceil(per_rank / local_batch)
     sched = optim.scheduler(opt, tc, steps_per_epoch, metrics.MODE[task])
+    record_every = max(1, steps_per_epoch // 20)  # per-step losses kept for the learning curve
     prog, changes = Progress(), {}
     if source is not None:
         prog, changes = restore(source, cfg, model, opt, sched, procs)
@@ -633,6 +637,8 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
                 if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     sched.step()
                 totals.add(out, batch["y"], loss)
+                if (prog.batch + 1) % record_every == 0:
+                    prog.steps.append([prog.step + 1, loss.item()])
                 prog.partial = totals.as_tensor().tolist()
                 seen += batch["y"].shape[0] * procs.world
                 prog.batch += 1
@@ -706,7 +712,7 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
             results[name] = {"rate": rate, **score(net, loader, task, device, dtype, procs, rate, tc.amp, desc=name,
                                                   progress=tc.progress)}
         if procs.main:
-            report.write(paths["root"], cfg, spec, model, prog.history, results)
+            report.write(paths["root"], cfg, spec, model, prog.history, results, prog.steps)
         if board is not None:
             for name, result in results.items():
                 if isinstance(result, dict):

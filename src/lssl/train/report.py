@@ -42,15 +42,19 @@ def _plt() -> Any:
     return plt
 
 
-def plot_curves(path: Path, history: list[dict[str, Any]], metric: str) -> None:
-    """Training and validation loss and metric per epoch."""
+def plot_curves(path: Path, history: list[dict[str, Any]], metric: str, steps: list[list[float]] = ()) -> None:
+    """Loss and metric against the optimizer step: the training loss of single batches about 20
+    times an epoch (`steps`: [step, loss] pairs), and the epoch means of training and validation
+    at each epoch's last step, marked, so that a one-epoch run still shows its curve."""
     plt = _plt()
-    epochs = [row["epoch"] for row in history]
+    at = [row["step"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    if steps:
+        axes[0].plot([s for s, _ in steps], [v for _, v in steps], linewidth=0.8, alpha=0.6, label="train (batch)")
     for ax, key in zip(axes, ("loss", metric)):
-        ax.plot(epochs, [row[f"train_{key}"] for row in history], label="train")
-        ax.plot(epochs, [row[f"val_{key}"] for row in history], label="validation")
-        ax.set_xlabel("epoch")
+        ax.plot(at, [row[f"train_{key}"] for row in history], marker="o", label="train (epoch)")
+        ax.plot(at, [row[f"val_{key}"] for row in history], marker="s", label="validation")
+        ax.set_xlabel("optimizer step")
         ax.set_ylabel(key)
         ax.legend()
     fig.tight_layout()
@@ -115,8 +119,9 @@ def _fmt(value: Any) -> str:
 
 
 def write(root: Path, cfg: Config, spec: Any, model: torch.nn.Module, history: list[dict[str, Any]],
-          results: dict[str, Any]) -> Path:
-    """Write results.json, the plots and report.md into the run directory `root`."""
+          results: dict[str, Any], steps: list[list[float]] = ()) -> Path:
+    """Write results.json, the plots and report.md into the run directory `root` (`steps`: the
+    per-batch training losses of `plot_curves`)."""
     metric = metrics.METRIC[spec.task]
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
@@ -125,7 +130,9 @@ def write(root: Path, cfg: Config, spec: Any, model: torch.nn.Module, history: l
         "",
         f"- paper: {cfg.paper or '-'}; row: {cfg.row or '-'}",
         f"- data: `{spec.name}`, {len(spec.train)} train / {len(spec.val)} val / {len(spec.test)} test, "
-        f"length {spec.length}; {cfg.stand_in or getattr(spec, 'stands_in_for', '') or '-'}",
+        # What the data stands in for comes from the data set itself: the config's stand_in note
+        # describes the config's own sizes, which overrides may have changed.
+        f"length {spec.length}; {getattr(spec, 'stands_in_for', '') or cfg.stand_in or '-'}",
         f"- model: {cfg.model.layer}, {cfg.model.n_layers} layers, H={cfg.model.d_model}, N={cfg.model.d_state}, "
         f"{n_params:,} parameters",
         f"- training: {len(history)} epochs, best validation epoch {results.get('best_epoch')}, "
@@ -144,7 +151,7 @@ def write(root: Path, cfg: Config, spec: Any, model: torch.nn.Module, history: l
         lines.append("Plots need matplotlib: `pip install lssl[plot]`.")
     else:
         dt_range = initial_dt_range(cfg)
-        plot_curves(root / "curves.png", history, metric)
+        plot_curves(root / "curves.png", history, metric, list(steps))
         plot_dt(root / "dt.png", model, dt_range)
         plot_kernels(root / "kernels.png", model, spec.length)
         lines += ["![learning curves](curves.png)", "", "![learned dt per layer](dt.png)", "",
