@@ -9,6 +9,14 @@ from typing import Any
 import torch
 
 
+def tracing() -> bool:
+    """True while torch.compile, torch.export or torch.jit traces a graph: then checks of tensor
+    values (finiteness, positivity) step aside, since a traced graph cannot branch on data and
+    holds no values to check; the same checks run in eager mode, which a traced model was
+    tested in."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def check_choice(name: str, value: str, choices: Mapping[str, Any] | tuple[str, ...]) -> None:
     """Raise unless `value` is one of `choices` (a dict's keys or a tuple of names)."""
     known = tuple(choices)
@@ -21,7 +29,7 @@ def check_positive(name: str, value: float | torch.Tensor) -> None:
     t = torch.as_tensor(value)
     if t.is_complex():
         raise ValueError(f"{name} must be real, got a complex tensor")
-    if t.is_meta:  # shapes without values (deferred initialisation): nothing to check
+    if t.is_meta or tracing():  # shapes without values (deferred initialisation, tracing)
         return
     bad = ~(torch.isfinite(t) & (t > 0))
     if bad.any():
@@ -73,7 +81,7 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise if `t` holds NaN or Inf."""
     # Any NaN or Inf makes the sum NaN or Inf, so a finite sum clears the tensor in one cheap
     # reduction; only a non-finite sum (possibly overflow of finite values) needs the full check.
-    if t.is_meta:  # shapes without values: nothing to check
+    if t.is_meta or tracing():  # shapes without values (deferred initialisation, tracing)
         return
     if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_finite, check_positive, check_rate, check_state
+from ._checks import check_choice, check_finite, check_positive, check_rate, check_state, tracing
 from .kernels.base import SSMKernel
 from .kernels.diag import INITS as DIAG_INITS
 from .kernels.diag import DiagKernel
@@ -239,6 +239,10 @@ class SSMLayer(nn.Module):
 
     def _recurrence(self, rate: float):
         """The system for stepping (`_build_recurrence`), rebuilt when any SSM tensor changed."""
+        if tracing():
+            # A traced graph holds the discretisation itself (it cannot look up a cache keyed on
+            # storage addresses); compile or export `step` to get one graph for the whole step.
+            return self._build_recurrence(rate)
         tensors = [*self.kernel.parameters(), *self.kernel.buffers()]
         if any(t.is_inference() for t in tensors):
             # Parameters made under torch.inference_mode have no version counter, so an in-place

@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_length, check_positive
+from .._checks import check_choice, check_length, check_positive, tracing
 from ..ops.linalg import solve
 
 Tensor = torch.Tensor
@@ -234,6 +234,39 @@ def dense_response(A: Tensor, C: Tensor, x0: Tensor, L: int) -> Tensor:
     left, _ = doubling(A_T.mT, C[..., None], J)  # (C, H, N, J): columns (C A^{jT})^T
     y = (left.mT[None] @ right[:, None]).flatten(-2)[..., :L]  # (B, C, H, L)
     return y.real if y.is_complex() else y
+
+
+def register_int(module: nn.Module, name: str) -> None:
+    """Give `module` an integer buffer `name` (0 until set), saved with the state dict, and a
+    Python-int copy `_name` for traced graphs, which cannot read a tensor's value (`get_int`).
+    Change it with `set_int`; loading a state dict refreshes the copy."""
+    module.register_buffer(name, torch.tensor(0))
+    setattr(module, f"_{name}", 0)
+
+    def refresh(mod: nn.Module, incompatible: object) -> None:
+        buffer = getattr(mod, name)
+        if not buffer.is_meta:
+            setattr(mod, f"_{name}", int(buffer))
+
+    module.register_load_state_dict_post_hook(refresh)
+
+
+def get_int(module: nn.Module, name: str) -> int:
+    """The integer buffer `name` of `register_int`: read from the buffer in eager mode (the
+    truth, even if another module shares its storage), the Python copy while tracing or on the
+    meta device."""
+    buffer = getattr(module, name)
+    if tracing() or buffer.is_meta:
+        return getattr(module, f"_{name}")
+    value = int(buffer)
+    setattr(module, f"_{name}", value)
+    return value
+
+
+def set_int(module: nn.Module, name: str, value: int) -> None:
+    """Set the integer buffer `name` of `register_int` (buffer and Python copy)."""
+    getattr(module, name).fill_(value)
+    setattr(module, f"_{name}", value)
 
 
 def untruncated_C(A_bar: Tensor, C_tilde: Tensor, L: int) -> Tensor:

@@ -66,6 +66,9 @@ from .base import (
     dense_final_state,
     dense_response,
     full,
+    get_int,
+    register_int,
+    set_int,
     untruncated_C,
 )
 
@@ -257,7 +260,7 @@ class DPLRKernel(SSMKernel):
         C = torch.randn(channels, d_model, d_state // 2, dtype=cdtype)
         self.C = nn.Parameter(torch.view_as_real(C))
         # 0: C holds the plain C; L > 0: it holds C~ = (I - A_bar^L)^T C, A_bar at step dt.
-        self.register_buffer("l_kernel", torch.tensor(0))
+        register_int(self, "l_kernel")  # the length C~ belongs to; 0: C is plain
 
     def extra_repr(self) -> str:
         return (
@@ -279,7 +282,7 @@ class DPLRKernel(SSMKernel):
     def _setup_C(self, length: int) -> None:
         """Make C hold C~ for a length >= `length` (the first time, for max(l_max, length)),
         doubling with (I - A_bar^{2L}) = (I + A_bar^L)(I - A_bar^L): C~ <- C~ + (A_bar^L)^T C~."""
-        lk = self.l_kernel.item()
+        lk = get_int(self, "l_kernel")
         if lk >= length:
             return
         lam, P, _ = self._ssm()
@@ -295,13 +298,13 @@ class DPLRKernel(SSMKernel):
             C = C + (full(C)[..., None, :] @ power).squeeze(-2)[..., :half]
             lk *= 2
         self.C.copy_(torch.view_as_real(C))
-        self.l_kernel.fill_(lk)
+        set_int(self, "l_kernel", lk)
 
     def _nodes(self, L: int, rate: float) -> int:
         """Prepare C~ for (L, rate) and return the number of frequency nodes L_d >= L."""
         self._check_call(L, rate)
         self._setup_C(math.ceil(L * rate))
-        return round(self.l_kernel.item() / rate)
+        return round(get_int(self, "l_kernel") / rate)
 
     def forward(self, L: int, rate: float = 1.0) -> Tensor:
         """K (C, H, L) real, the bilinear kernel at step dt * rate."""
@@ -317,7 +320,7 @@ class DPLRKernel(SSMKernel):
         dt * rate: the solution of (I - A_bar^{L_d})^T C = C~, L_d = round(l_kernel / rate)
         (at least 1), so that its kernel is `forward(L, rate)`; C itself while no C~ exists
         (l_kernel = 0)."""
-        lk = self.l_kernel.item()
+        lk = get_int(self, "l_kernel")
         C = full(self.complex("C"))  # (C, H, N)
         if lk == 0:
             return C

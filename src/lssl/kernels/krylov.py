@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .. import discretize
-from .._checks import check_choice, check_length
+from .._checks import check_choice, check_length, tracing
 from .base import DiscreteSSM, SSMKernel, block_split, doubling, krylov_columns, squarings
 from .transition import TRANSITIONS, DenseTransition
 
@@ -147,8 +147,9 @@ class KrylovKernel(SSMKernel):
         """`krylov_basis` of the discrete system; memoised while A, B and dt are frozen (LSSL-fixed
         with frozen dt trains only C, so its basis is built once, not at every step)."""
         tensors = self._system_tensors()
-        if torch.is_inference_mode_enabled():
-            # Inference tensors could not be saved by a later training step's autograd.
+        if tracing() or torch.is_inference_mode_enabled():
+            # A traced graph computes the basis (no cache keyed on tensor versions); inference
+            # tensors could not be saved by a later training step's autograd.
             return krylov_basis(*self._discretize(rate), L)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             self._basis_cache = None
@@ -168,6 +169,8 @@ class KrylovKernel(SSMKernel):
     def forward(self, L: int, rate: float = 1.0) -> Tensor:
         """K (C, H, L) at step dt * rate; memoised while the kernel is frozen (class docstring)."""
         self._check_call(L, rate)
+        if tracing():
+            return self._kernel(L, rate)  # the kernel is part of a traced graph, not a memo
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             self._cache = None  # a training step: free the memo, which is stale after the update
             return self._kernel(L, rate)

@@ -68,10 +68,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_choice, check_length
+from .._checks import check_choice, check_length, tracing
 from ..ops.backend import check_backend, check_cpu, numba_module
 from ..ops.fftconv import fftconv
-from .base import register
+from .base import get_int, register, register_int, set_int
 
 Tensor = torch.Tensor
 
@@ -317,7 +317,10 @@ class PrefixPolynomial(torch.autograd.Function):
             h.addcmul_(cw[q], E[q])
         gain = torch.empty_like(h)
         gain[..., :1] = 1 + cw[0]
-        torch.add(h[..., :-1], 1 + cw[0], out=gain[..., 1:])
+        if tracing():  # a traced graph takes no strided out= (the same sums through a temporary)
+            gain[..., 1:] = h[..., :-1] + (1 + cw[0])
+        else:
+            torch.add(h[..., :-1], 1 + cw[0], out=gain[..., 1:])
         return gain
 
     @staticmethod
@@ -825,16 +828,15 @@ class KernelB(LiquidTerm):
         if scale is not None:
             # The length l of the normalisation; 0 until set. Only with a scale, so that plain KB
             # state dicts keep their keys.
-            self.register_buffer("length", torch.tensor(0))
+            register_int(self, "length")
 
     def set_length(self, length: int) -> None:
-        """Fix the normalisation's length l, unless already fixed (no-op without a scale; deferred
-        for a meta buffer, which gets its value when a state dict is loaded)."""
-        if self.scale is not None and not self.length.is_meta and self.length.item() == 0:
-            self.length.fill_(length)
+        """Fix the normalisation's length l, unless already fixed (no-op without a scale)."""
+        if self.scale is not None and get_int(self, "length") == 0:
+            set_int(self, "length", length)
 
     def order_scales(self) -> list[float]:
-        length = self.length.item()
+        length = get_int(self, "length")
         if length == 0:
             raise ValueError(
                 "a KB layer with liquid_scale takes its length from l_max or its first input's length; "
@@ -876,7 +878,7 @@ class PolyB(LiquidTerm):
         self.window = window
         self._check_window(degree)
         # The length l of the default window rule; 0 until set.
-        self.register_buffer("length", torch.tensor(0))
+        register_int(self, "length")
 
     def _check_window(self, degree: int) -> None:
         if self.window is not None and self.window < degree:
@@ -892,10 +894,9 @@ class PolyB(LiquidTerm):
         self._degree = degree
 
     def set_length(self, length: int) -> None:
-        """Fix the length l of the default window rule, unless already fixed (or deferred: a meta
-        buffer gets its value when a state dict is loaded)."""
-        if not self.length.is_meta and self.length.item() == 0:
-            self.length.fill_(length)
+        """Fix the length l of the default window rule, unless already fixed."""
+        if get_int(self, "length") == 0:
+            set_int(self, "length", length)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"
@@ -906,7 +907,7 @@ class PolyB(LiquidTerm):
             return []
         if self.window is not None:
             return [self.window] * (self.degree - 1)
-        length = self.length.item()
+        length = get_int(self, "length")
         if length == 0:
             raise ValueError(
                 "a PB layer with window=None takes its windows from l_max or its first input's length; "

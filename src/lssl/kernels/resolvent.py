@@ -60,7 +60,7 @@ import torch
 from .. import discretize
 from ..ops.backend import check_backend, check_cpu, numba_module
 from ..ops.tridiagonal import gtsv, tridiagonal_matvec
-from .base import DiscreteSSM, untruncated_C
+from .base import DiscreteSSM, get_int, register_int, set_int, untruncated_C
 from .dplr import roots_of_unity
 from .krylov import KrylovKernel
 from .transition import TRID_INITS, TriD, TriDTransition, trid_dense
@@ -259,7 +259,7 @@ class ResolventKernel(KrylovKernel):
         if not learn_a:
             self.transition = TriDTransition(d_state, measure, H=None, learn=False)
         self.backend = backend
-        self.register_buffer("l_kernel", torch.tensor(0))
+        register_int(self, "l_kernel")  # the length C~ belongs to; 0: C is plain
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
@@ -279,7 +279,7 @@ class ResolventKernel(KrylovKernel):
     def _setup_C(self, length: int) -> None:
         """Make C hold C~ for a length >= `length` (the first time, for `length`), doubling with
         (I - A_bar^{2L}) = (I + A_bar^L)(I - A_bar^L): C~ <- C~ + (A_bar^L)^T C~."""
-        lk = int(self.l_kernel)
+        lk = get_int(self, "l_kernel")
         if lk >= length:
             return
         # The conversion as a list of (sign, power): C <- C + sign (A_bar^power)^T C, in order.
@@ -295,13 +295,13 @@ class ResolventKernel(KrylovKernel):
             for sign, power in steps:
                 C = C + sign * (C[..., None, :] @ torch.linalg.matrix_power(A_bar, power)).squeeze(-2)
             self.C[:, block] = C
-        self.l_kernel.fill_(lk)
+        set_int(self, "l_kernel", lk)
 
     def _nodes(self, L: int, rate: float) -> int:
         """Prepare C~ for (L, rate) and return the number of frequency nodes L_d >= L."""
         self._check_call(L, rate)
         self._setup_C(math.ceil(L * rate))
-        return round(int(self.l_kernel) / rate)
+        return round(get_int(self, "l_kernel") / rate)
 
     def forward(self, L: int, rate: float = 1.0) -> Tensor:
         """K (C, H, L) at step dt * rate; memoised while the kernel is frozen (`KrylovKernel`)."""
@@ -309,7 +309,7 @@ class ResolventKernel(KrylovKernel):
         return super().forward(L, rate)
 
     def _kernel(self, L: int, rate: float) -> Tensor:
-        L_d = round(int(self.l_kernel) / rate)
+        L_d = round(get_int(self, "l_kernel") / rate)
         p = self.transition.params()
         return resolvent_kernel(p, self.dt * rate, self.C, L_d, GBT_ALPHA[self.disc], self.backend)[..., :L]
 
