@@ -10,7 +10,8 @@ from .model import SequenceModel
 
 __version__ = "0.1.0"
 __all__ = [
-    "LAYERS", "LSSL", "S4", "S4D", "LiquidS4", "LiquidState", "SSMLayer", "SequenceModel", "discretize", "hippo", "load",
+    "LAYERS", "LSSL", "S4", "S4D", "LiquidS4", "LiquidState", "SSMLayer", "SequenceModel", "discretize", "export",
+    "hippo", "load",
 ]
 
 
@@ -19,3 +20,14 @@ def load(path: str) -> SequenceModel:
     from .train.checkpoint import load_model
 
     return load_model(path)
+
+
+def export(model: SequenceModel | str, path: str, rate: float = 1.0) -> str:
+    """Write a model's (or a checkpoint's) streaming step as ONNX to `path`, with a JSON sidecar
+    naming its inputs, outputs and state shapes (`lssl.deploy.export`; needs `pip install
+    'lssl[onnx]'`). Returns the ONNX path."""
+    from .deploy import export as export_onnx
+
+    if isinstance(model, str):
+        model = load(model)
+    return str(export_onnx(model, path, rate))

@@ -4,6 +4,7 @@
     lssl eval CHECKPOINT [--split test] [--rate 2] [--batch-size N] [--device auto]
     lssl compare GRID [--out DIR] [--quick] [--tasks A,B] [--models A,B] [--seeds 0,1] [--dry-run]
                  [--section.field=value ...]
+    lssl export CHECKPOINT [--format onnx] [--mode step] [--rate R] [-o FILE]
     lssl bench [kernels|layers|all] [--quick]
     lssl info
     lssl data list | prepare NAME [--root DIR] [-o KEY=VALUE]
@@ -95,6 +96,21 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import load
+    from .deploy import export
+
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise UserError("lssl export --format onnx needs onnx and onnxscript: pip install 'lssl[onnx]'") from None
+    model = load(args.checkpoint)
+    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
+    path = export(model, out, rate=args.rate)
+    print(f"onnx: {path}\nstates and shapes: {path.with_suffix('.json')}")
+    return 0
 
 
 def _names(text: str) -> list[str]:
@@ -226,6 +242,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--seeds", type=_seeds, default=None, metavar="0,1", help="replace the grid's seeds")
     p.add_argument("--dry-run", action="store_true", help="check every cell and show its status; train nothing")
     p.set_defaults(func=cmd_compare, takes_overrides=True)
+
+    p = sub.add_parser("export", help="write a checkpoint's streaming step as ONNX",
+                       description="Write the recurrent view of CHECKPOINT (a SequenceModel) as "
+                                   "an ONNX model of one step: inputs x and every layer's state, outputs y (the "
+                                   "output on the sequence so far) and the new states (a JSON sidecar names them "
+                                   "and their shapes).")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="the output format (onnx)")
+    p.add_argument("--mode", default="step", choices=("step",), help="step: one sample per call, state in and out")
+    p.add_argument("--rate", type=_positive_float, default=1.0,
+                   help="sampling-rate factor the step is frozen at (2: data sampled half as often)")
+    p.add_argument("-o", "--output", default=None, help="the .onnx file (default: the checkpoint's name with .onnx)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="run the speed/memory benchmarks",
                        description="Run benchmarks/kernels.py and/or benchmarks/layers.py (source checkout).")

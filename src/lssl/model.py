@@ -106,7 +106,7 @@ class SequenceModel(nn.Module):
             raise ValueError("give exactly one of d_input (float inputs) and vocab_size (token inputs)")
         if d_input is not None:
             check_length("d_input", d_input)
-        self.d_input, self.vocab_size, self.pooling = d_input, vocab_size, pooling
+        self.d_input, self.vocab_size, self.pooling, self.d_model = d_input, vocab_size, pooling, d_model
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size else nn.Linear(d_input, d_model)
         self.blocks = nn.ModuleList(
             Block(LAYERS[layer](d_model, **(layer_args or {})), norm=norm, prenorm=prenorm, dropout=dropout)
