@@ -30,6 +30,7 @@ bench: venv
 	$(PY) benchmarks/kernels.py --out benchmarks/kernels.md
 	$(PY) benchmarks/layers.py --out benchmarks/layers.md
 	$(PY) benchmarks/liquid_loops.py --out benchmarks/liquid_loops.md
+	$(PY) benchmarks/streaming.py --out benchmarks/streaming.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

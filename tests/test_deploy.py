@@ -132,3 +132,13 @@ def test_the_cli_and_the_example_stream_a_checkpoint(tmp_path):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "per sample" in out and "real-time factor at 16 kHz" in out and "prediction after 20 samples" in out
+
+
+@pytest.mark.slow
+def test_the_streaming_benchmark_runs_quick(tmp_path):
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "streaming.py", "--quick", "--out", str(tmp_path / "s.md")],
+                          cwd=root / "benchmarks", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "s.md").read_text()
+    assert "| Liquid-S4 KB | 1 |" in table and "Real-time factor at 16 kHz" in table
