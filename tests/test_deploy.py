@@ -142,3 +142,34 @@ def test_the_streaming_benchmark_runs_quick(tmp_path):
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "s.md").read_text()
     assert "| Liquid-S4 KB | 1 |" in table and "Real-time factor at 16 kHz" in table
+
+
+FORWARD_KINDS = {**KINDS, "s4d-bidirectional": ("s4d", {"bidirectional": True})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, pooling", [(kind, "none") for kind in FORWARD_KINDS]
+                         + [("s4", "mean"), ("liquid-pb-gain", "mean")])  # pooling is the model's: two cover it
+def test_the_onnx_forward_equals_forward_on_whole_sequences(tmp_path, kind, pooling):
+    layer, args = FORWARD_KINDS[kind]
+    torch.manual_seed(0)
+    model = lssl.SequenceModel(d_input=2, d_output=3, d_model=8, n_layers=2, layer=layer, pooling=pooling,
+                               layer_args={"d_state": 8, **args}).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            gain = getattr(getattr(block.layer, "liquid", None), "gain", None)
+            if gain is not None:
+                gain.normal_()
+    path = Path(lssl.export(model, str(tmp_path / "f.onnx"), mode="forward", length=L))
+    sess = ort.InferenceSession(str(path))
+    for batch in (1, 5):
+        x = torch.randn(batch, L, 2)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-5, atol=1e-5)
+    assert json.loads(path.with_suffix(".json").read_text())["length"] == L
+
+
+def test_forward_mode_needs_a_length():
+    with pytest.raises(ValueError, match="mode='forward' needs length"):
+        lssl.export(make_model("s4d"), "x.onnx", mode="forward")

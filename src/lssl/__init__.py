@@ -22,12 +22,13 @@ def load(path: str) -> SequenceModel:
     return load_model(path)
 
 
-def export(model: SequenceModel | str, path: str, rate: float = 1.0) -> str:
-    """Write a model's (or a checkpoint's) streaming step as ONNX to `path`, with a JSON sidecar
-    naming its inputs, outputs and state shapes (`lssl.deploy.export`; needs `pip install
-    'lssl[onnx]'`). Returns the ONNX path."""
+def export(model: SequenceModel | str, path: str, rate: float = 1.0, mode: str = "step", length: int | None = None) -> str:
+    """Write a model's (or a checkpoint's) streaming step (mode 'step') or its forward on
+    sequences of `length` (mode 'forward') as ONNX to `path`, with a JSON sidecar naming its
+    inputs, outputs and state shapes (`lssl.deploy.export`; needs `pip install 'lssl[onnx]'`).
+    Returns the ONNX path."""
     from .deploy import export as export_onnx
 
     if isinstance(model, str):
         model = load(model)
-    return str(export_onnx(model, path, rate))
+    return str(export_onnx(model, path, rate, mode=mode, length=length))

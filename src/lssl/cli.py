@@ -4,7 +4,7 @@
     lssl eval CHECKPOINT [--split test] [--rate 2] [--batch-size N] [--device auto]
     lssl compare GRID [--out DIR] [--quick] [--tasks A,B] [--models A,B] [--seeds 0,1] [--dry-run]
                  [--section.field=value ...]
-    lssl export CHECKPOINT [--format onnx] [--mode step] [--rate R] [-o FILE]
+    lssl export CHECKPOINT [--format onnx] [--mode step | --mode forward --length L] [--rate R] [-o FILE]
     lssl bench [kernels|layers|all] [--quick]
     lssl info
     lssl data list | prepare NAME [--root DIR] [-o KEY=VALUE]
@@ -108,7 +108,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("lssl export --format onnx needs onnx and onnxscript: pip install 'lssl[onnx]'") from None
     model = load(args.checkpoint)
     out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
-    path = export(model, out, rate=args.rate)
+    if args.mode == "forward" and args.length is None:
+        raise UserError("--mode forward needs --length L (the sequence length the graph is built for)")
+    path = export(model, out, rate=args.rate, mode=args.mode, length=args.length)
     print(f"onnx: {path}\nstates and shapes: {path.with_suffix('.json')}")
     return 0
 
@@ -250,7 +252,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                                    "and their shapes).")
     p.add_argument("checkpoint", help="a .safetensors checkpoint")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="the output format (onnx)")
-    p.add_argument("--mode", default="step", choices=("step",), help="step: one sample per call, state in and out")
+    p.add_argument("--mode", default="step", choices=("step", "forward"),
+                   help="step: one sample per call, state in and out; forward: whole sequences of --length")
+    p.add_argument("--length", type=_positive_int, default=None, help="the sequence length of --mode forward")
     p.add_argument("--rate", type=_positive_float, default=1.0,
                    help="sampling-rate factor the step is frozen at (2: data sampled half as often)")
     p.add_argument("-o", "--output", default=None, help="the .onnx file (default: the checkpoint's name with .onnx)")

@@ -12,8 +12,11 @@ its memory of past inputs), D skip, activation, mix, residual, final norm, decod
 are explicit tensors (`state_spec`): (B, H, N/2, 2) for the conjugate-pair kernels (S4, S4D,
 Liquid-S4's S4 part), (B, H, N) for LSSL, plus (B, H, M) for a Liquid-S4 memory.
 
-`export(model, path)` writes that step as an ONNX model with a JSON sidecar naming the inputs,
-outputs and their shapes (`lssl export CHECKPOINT --format onnx`).
+`ForwardModel(model, length, rate)` freezes the convolutional view at one sequence length: every
+layer's kernel K as a buffer, the convolution as a grouped Conv1d.
+
+`export(model, path, mode=...)` writes either as an ONNX model with a JSON sidecar naming the
+inputs, outputs and their shapes (`lssl export CHECKPOINT --format onnx [--mode forward]`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from .kernels.base import DenseRecurrence, DiagonalRecurrence
-from .kernels.liquid import KernelB, order_coefficients
+from .kernels.liquid import KernelB, order_coefficients, pointwise_term
 from .layer import LiquidS4, LiquidState, SSMLayer
 from .model import SequenceModel
 
@@ -211,23 +214,104 @@ class StreamingModel(nn.Module):
         return (model._decode(h), *new)
 
 
-def export(model: SequenceModel, path: str | Path, rate: float = 1.0, opset: int = 18) -> Path:
-    """Write the model's streaming step as ONNX to `path` and its description to
-    `path` with suffix '.json': inputs ('x', then every state), outputs ('y', then every new
-    state), their shapes (dimension 0 is the batch, dynamic) and dtypes.
+def causal_conv(u: Tensor, K: Tensor) -> Tensor:
+    """The causal convolution of `fftconv` as a grouped Conv1d (real arithmetic, O(L^2) per
+    feature; what ONNX runtimes execute natively). u (B, H, L), K (C, H, L) -> (B, C, H, L)."""
+    B, H, L = u.shape
+    C = K.shape[0]
+    weight = K[..., :L].permute(1, 0, 2).reshape(H * C, 1, L).flip(-1)  # (H C, 1, L)
+    y = nn.functional.conv1d(nn.functional.pad(u, (L - 1, 0)), weight, groups=H)  # (B, H C, L)
+    return y.view(B, H, C, L).transpose(1, 2)
+
+
+class LayerForward(nn.Module):
+    """One layer's convolutional view frozen at length L and `rate`: its kernel K (and for
+    Liquid-S4 s = 1^T B_bar) kept as buffers, the convolution as `causal_conv`. x (B, L, H) ->
+    y (B, L, H), as `layer(x, rate=rate)`."""
+
+    def __init__(self, layer: SSMLayer, length: int, rate: float = 1.0):
+        super().__init__()
+        self.layer = layer
+        self.liquid = isinstance(layer, LiquidS4) and layer.degree > 1
+        if isinstance(layer, LiquidS4):
+            layer._check_causal()
+            if self.liquid and layer.bidirectional:
+                raise ValueError("a bidirectional Liquid-S4 layer has no frozen convolutional export yet")
+            layer.liquid.set_length(length)
+        with torch.no_grad():
+            self.register_buffer("K", layer.kernel(length, rate).detach().clone())  # (C or 2C, H, L)
+            if self.liquid:
+                self.register_buffer("s", layer.kernel.input_sum(rate).detach().clone())  # (H,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer, u = self.layer, x.transpose(1, 2)  # (B, H, L)
+        pointwise = None
+        if self.liquid:
+            folded = self.K.shape[0] == 1  # as `LiquidTerm.forward`: one channel's K_0 is folded into z
+            K0 = self.K[..., 0]
+            w, z, _ = layer.liquid.signals(u, self.s, None, K0[0] if folded else None)
+            y = causal_conv(w.to(x.dtype), self.K)
+            if z is not None:
+                pointwise = pointwise_term(z.to(x.dtype), K0, folded)
+        elif layer.bidirectional:
+            forward, backward = self.K.chunk(2, dim=0)
+            y = causal_conv(u, forward) + causal_conv(u.flip(-1), backward).flip(-1)
+        else:
+            y = causal_conv(u, self.K)
+        return layer._output(layer._skip(y, x, pointwise))
+
+
+class ForwardModel(nn.Module):
+    """A `SequenceModel`'s forward on sequences of one length L, frozen at `rate` in real
+    arithmetic: x (B, L, d_input) or (B, L) token ids -> `model(x, rate=rate)` (no padding)."""
+
+    def __init__(self, model: SequenceModel, length: int, rate: float = 1.0):
+        super().__init__()
+        self.model = model.eval()
+        self.layers = nn.ModuleList(LayerForward(block.layer, length, rate) for block in model.blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        model = self.model
+        h = model.encoder(x)  # (B, L, H)
+        for block, layer in zip(model.blocks, self.layers):
+            h = h + layer(block.norm(h)) if block.prenorm else block.norm(h + layer(h))
+        h = model.final_norm(h)
+        if model.pooling == "mean":
+            h = h.mean(1)
+        elif model.pooling == "last":
+            h = h[:, -1]
+        return model._decode(h)
+
+
+def example_batch(sizes: set[int], model: SequenceModel) -> int:
+    """The batch size of the example inputs for tracing: > 1 and unlike every other dimension
+    (`sizes` and the model's widths), so that the tracer keeps it symbolic instead of tying it
+    to a size that merely equals it."""
+    taken = sizes | {model.d_model, model.d_input or 1, model.decoder.out_features}
+    return min(set(range(2, max(taken) + 2)) - taken)
+
+
+def export(model: SequenceModel, path: str | Path, rate: float = 1.0, opset: int = 18, mode: str = "step",
+           length: int | None = None) -> Path:
+    """Write the model's streaming step (mode 'step') or its whole-sequence forward at one
+    `length` (mode 'forward') as ONNX to `path` and its description to `path` with suffix
+    '.json': inputs ('x', then for 'step' every state), outputs ('y', then every new state),
+    their shapes (dimension 0 is the batch, dynamic) and dtypes.
 
     Args:
-        model: a `SequenceModel` with pooling='none', in eval mode after this call.
-        rate: the sampling-rate factor the step is frozen at.
+        model: a `SequenceModel`, in eval mode after this call.
+        rate: the sampling-rate factor the step or forward is frozen at.
+        mode: 'step' (`StreamingModel`) or 'forward' (`ForwardModel`; needs `length`).
     Returns:
         The ONNX file's path.
     """
     path = Path(path)
+    if mode == "forward":
+        return export_forward(model, path, rate, opset, length)
+    if mode != "step":
+        raise ValueError(f"unknown mode {mode!r}; known: 'step', 'forward'")
     stream = StreamingModel(model, rate)
-    # The example's batch: > 1 and unlike every other dimension, so that the tracer keeps it
-    # symbolic instead of tying it to a size that merely equals it.
-    sizes = {size for _, shape in stream.state_spec(1) for size in shape[1:]} | {model.d_model, model.d_input or 1}
-    batch = min(set(range(2, max(sizes) + 2)) - sizes)
+    batch = example_batch({size for _, shape in stream.state_spec(1) for size in shape[1:]}, model)
     x = torch.zeros(batch, dtype=torch.int64) if model.vocab_size else torch.zeros(batch, model.d_input)
     states = stream.zero_states(batch)
     spec = stream.state_spec(batch)
@@ -249,6 +333,29 @@ def export(model: SequenceModel, path: str | Path, rate: float = 1.0, opset: int
         + [{"name": n, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
            for n, t in zip(names_out[1:], states)],
         "states": "every state input starts at zeros and is replaced by its '.next' output after each step",
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return path
+
+
+def export_forward(model: SequenceModel, path: Path, rate: float, opset: int, length: int | None) -> Path:
+    """`export` in mode 'forward': `ForwardModel` at `length`."""
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise ValueError(f"mode='forward' needs length, a positive int (the sequence length), got {length!r}")
+    frozen = ForwardModel(model, length, rate)
+    batch = example_batch({length}, model)
+    shape = (batch, length) if model.vocab_size else (batch, length, model.d_input)
+    x = torch.zeros(shape, dtype=torch.int64) if model.vocab_size else torch.zeros(shape)
+    with torch.no_grad():
+        y = frozen(x)
+        program = torch.onnx.export(frozen, (x,), dynamo=True, input_names=["x"], output_names=["y"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
+                                    verbose=False)
+    program.save(str(path))
+    sidecar = {
+        "format": "lssl-onnx-forward", "rate": rate, "length": length,
+        "inputs": [{"name": "x", "shape": ["B", *x.shape[1:]], "dtype": str(x.dtype).removeprefix("torch.")}],
+        "outputs": [{"name": "y", "shape": ["B", *y.shape[1:]], "dtype": str(y.dtype).removeprefix("torch.")}],
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return path

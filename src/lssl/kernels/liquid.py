@@ -187,6 +187,15 @@ def horner_gradient(x: Tensor, r: list[Tensor]) -> Tensor:
     return acc
 
 
+def row_blocks(count: int, length: int, device: torch.device) -> list[slice]:
+    """The slices of `count` rows in blocks of `row_block` rows; a single slice while tracing, so
+    that a traced graph has no loop over the (symbolic) number of rows."""
+    if tracing():
+        return [slice(None)]
+    step = row_block(length, device)
+    return [slice(i, i + step) for i in range(0, count, step)]
+
+
 def row_block(length: int, device: torch.device) -> int:
     """Rows of length `length` per float64 block: 2^19 numbers (4 MB) on the CPU, 2^25 (256 MB)
     elsewhere. On the CPU the signals below run block by block so that every float64 temporary
@@ -236,14 +245,13 @@ class WindowPolynomial(torch.autograd.Function):
         rows = x.reshape(-1, n)
         coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
         z = torch.empty_like(rows)
-        step = row_block(n, x.device)
-        for i in range(0, rows.shape[0], step):
-            a64 = coeff[:, i : i + step, None].double()
+        for block in row_blocks(rows.shape[0], n, x.device):
+            a64 = coeff[:, block, None].double()
             out = None
-            for (W, orders), e in zip(groups, window_polynomials(rows[i : i + step].double(), groups)):
+            for (W, orders), e in zip(groups, window_polynomials(rows[block].double(), groups)):
                 for p in orders:
                     out = a64[p - 2] * e[p] if out is None else out.addcmul_(a64[p - 2], e[p])
-            z[i : i + step] = out
+            z[block] = out
         ctx.groups = groups
         ctx.save_for_backward(x, a)
         return z.view_as(x)
@@ -257,14 +265,13 @@ class WindowPolynomial(torch.autograd.Function):
         coeff = per_row(a[:, None], x.shape[0])  # (P-1, R)
         grad_x = torch.empty_like(rows)
         grad_coeff = torch.empty(coeff.shape, dtype=torch.float64, device=x.device)
-        step = row_block(n, x.device)
-        for i in range(0, rows.shape[0], step):
-            x64, g, a64 = rows[i : i + step].double(), grads[i : i + step].double(), coeff[:, i : i + step, None].double()
+        for block in row_blocks(rows.shape[0], n, x.device):
+            x64, g, a64 = rows[block].double(), grads[block].double(), coeff[:, block, None].double()
             total = None
             for (W, orders), e in zip(ctx.groups, window_polynomials(x64, ctx.groups)):
                 top = max(orders)
                 for p in orders:
-                    grad_coeff[p - 2, i : i + step] = (g * e[p]).sum(-1)
+                    grad_coeff[p - 2, block] = (g * e[p]).sum(-1)
                 # r_j = R_W[g sum_{p >= j} a_p e_{p-j}] (e_0 = 1). With one order per window (the
                 # default windows) a_p is constant in time and multiplies the Horner sum instead.
                 if len(orders) == 1:
@@ -278,7 +285,7 @@ class WindowPolynomial(torch.autograd.Function):
                         r.append(reverse_window_sums(g * c, W))
                     part = horner_gradient(x64, r)
                 total = part if total is None else total.add_(part)
-            grad_x[i : i + step] = total
+            grad_x[block] = total
         grad_a = grad_coeff.view(a.shape[0], x.shape[0], -1).sum(1)  # (P-1, H)
         return grad_x.view_as(x), grad_a.to(a.dtype), None
 
@@ -331,12 +338,11 @@ class PrefixPolynomial(torch.autograd.Function):
         coeff = per_row(c, x.shape[0])  # (Q+1, R)
         w = torch.empty_like(rows)
         totals = torch.empty(Q, rows.shape[0], dtype=torch.float64, device=x.device)
-        step = row_block(L, x.device)
-        for i in range(0, rows.shape[0], step):
-            xw = rows[i : i + step].to(work)
+        for block in row_blocks(rows.shape[0], L, x.device):
+            xw = rows[block].to(work)
             E = PrefixPolynomial.prefix(xw, Q)
-            totals[:, i : i + step] = torch.stack([e[..., -1] for e in E[1:]])
-            w[i : i + step] = xw * PrefixPolynomial.gain(E, coeff[:, i : i + step, None].to(work))
+            totals[:, block] = torch.stack([e[..., -1] for e in E[1:]])
+            w[block] = xw * PrefixPolynomial.gain(E, coeff[:, block, None].to(work))
         ctx.save_for_backward(x, c)
         return w.view_as(x), totals.view(Q, *x.shape[:2])
 
@@ -351,18 +357,17 @@ class PrefixPolynomial(torch.autograd.Function):
         t_rows = None if grad_totals is None else grad_totals.reshape(Q, -1).to(work)  # (Q, R)
         grad_x = torch.empty_like(rows)
         grad_coeff = torch.empty(coeff.shape, dtype=work, device=x.device)
-        step = row_block(L, x.device)
-        for i in range(0, rows.shape[0], step):
-            xw, g, cw = rows[i : i + step].to(work), grads[i : i + step].to(work), coeff[:, i : i + step, None].to(work)
+        for block in row_blocks(rows.shape[0], L, x.device):
+            xw, g, cw = rows[block].to(work), grads[block].to(work), coeff[:, block, None].to(work)
             E = PrefixPolynomial.prefix(xw, Q)  # inclusive e_0 .. e_Q; the exclusive E_q(k) is E[q](k - 1)
             gx = g * xw
             # d w / d c_q = x E_q, with the exclusive E_q(k) = E[q](k - 1).
-            grad_coeff[0, i : i + step] = gx.sum(-1)
+            grad_coeff[0, block] = gx.sum(-1)
             for q in range(1, Q + 1):
-                grad_coeff[q, i : i + step] = (gx[..., 1:] * E[q][..., :-1]).sum(-1)
+                grad_coeff[q, block] = (gx[..., 1:] * E[q][..., :-1]).sum(-1)
             # The chunk's e_q have d e_q / d x_i = sum_j (-x_i)^{j-1} e_{q-j}(chunk): constants
             # added to the Horner coefficients below.
-            t = None if t_rows is None else t_rows[:, i : i + step, None]  # (Q, R', 1)
+            t = None if t_rows is None else t_rows[:, block, None]  # (Q, R', 1)
             # r_j = sum_{k > i} g_k x_k sum_{q >= j} c_q E_{q-j}(k) + sum_{q >= j} t_q e_{q-j}(chunk).
             r = []
             for j in range(1, Q + 1):
@@ -378,7 +383,7 @@ class PrefixPolynomial(torch.autograd.Function):
                     top = top + sum(t[q - 1] * (1.0 if q == j else E[q - j][..., -1:]) for q in range(j, Q + 1))
                 r.append(top - C)
             gain = PrefixPolynomial.gain(E, cw)
-            grad_x[i : i + step] = horner_gradient(xw, r).addcmul_(g, gain)
+            grad_x[block] = horner_gradient(xw, r).addcmul_(g, gain)
         grad_c = grad_coeff.view(Q + 1, x.shape[0], -1)
         if c.shape[1] == 1:
             grad_c = grad_c.sum(1, keepdim=True)
