@@ -149,7 +149,7 @@ FORWARD_KINDS = {**KINDS, "s4d-bidirectional": ("s4d", {"bidirectional": True})}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, pooling", [(kind, "none") for kind in FORWARD_KINDS]
-                         + [("s4", "mean"), ("liquid-pb-gain", "mean")])  # pooling is the model's: two cover it
+                         + [("s4", "mean"), ("liquid-pb", "mean")])  # pooling is the model's: two cover it
 def test_the_onnx_forward_equals_forward_on_whole_sequences(tmp_path, kind, pooling):
     layer, args = FORWARD_KINDS[kind]
     torch.manual_seed(0)
