@@ -71,7 +71,7 @@ def diagnose_cell(run_dir: Path, spec, n: int) -> list[dict]:
     """One row per LiquidS4 layer of the cell's best checkpoint (grad ratios on the first row)."""
     path = run_dir / "checkpoints" / "best.safetensors"
     tensors, meta = checkpoint.read(path)
-    model = loop.build_model(meta["model_args"])
+    model = loop.build_model(checkpoint.model_args_of(meta, tensors))
     checkpoint.load_weights(model, tensors, path)
     model.eval()  # no dropout; the gradients below are of the eval-mode loss
     layers = liquid_layers(model)

@@ -26,8 +26,9 @@ KINDS = {
     "s4": ("s4", {}),
     "lssl": ("lssl", {}),
     "lssl-resolvent": ("lssl", {"kernel": "resolvent"}),
-    "liquid-pb": ("liquid-s4", {"liquid": "pb", "l_max": L}),
-    "liquid-kb": ("liquid-s4", {"liquid": "kb", "degree": 3, "l_max": L}),
+    "liquid-pb": ("liquid-s4", {"liquid": "pb", "l_max": L, "liquid_gain": "none"}),
+    "liquid-kb": ("liquid-s4", {"liquid": "kb", "degree": 3, "l_max": L, "liquid_gain": "none"}),
+    "liquid-pb-gain": ("liquid-s4", {"liquid": "pb", "l_max": L}),  # the default gain, set away from 0 below
 }
 
 
@@ -35,8 +36,14 @@ def make_model(kind: str, pooling: str = "none", vocab: bool = False) -> lssl.Se
     layer, args = KINDS[kind]
     torch.manual_seed(0)
     inputs = {"d_input": None, "vocab_size": 11} if vocab else {"d_input": 2}
-    return lssl.SequenceModel(**inputs, d_output=3, d_model=8, n_layers=2, layer=layer, pooling=pooling,
-                              layer_args={"d_state": 8, **args}).eval()
+    model = lssl.SequenceModel(**inputs, d_output=3, d_model=8, n_layers=2, layer=layer, pooling=pooling,
+                               layer_args={"d_state": 8, **args}).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            gain = getattr(getattr(block.layer, "liquid", None), "gain", None)
+            if gain is not None:
+                gain.normal_()  # a trained gain: the liquid term at work
+    return model
 
 
 def stream_onnx(path: Path, x: np.ndarray) -> np.ndarray:

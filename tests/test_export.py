@@ -21,8 +21,8 @@ LAYERS = {
     "s4": lambda: lssl.S4(H, N),
     "lssl": lambda: lssl.LSSL(H, N),
     "lssl-resolvent": lambda: lssl.LSSL(H, N, kernel="resolvent"),
-    "liquid-pb": lambda: lssl.LiquidS4(H, N, liquid="pb", l_max=L),
-    "liquid-kb": lambda: lssl.LiquidS4(H, N, liquid="kb", l_max=L),
+    "liquid-pb": lambda: lssl.LiquidS4(H, N, liquid="pb", l_max=L, liquid_gain="none"),
+    "liquid-kb": lambda: lssl.LiquidS4(H, N, liquid="kb", l_max=L, liquid_gain="none"),
 }
 
 

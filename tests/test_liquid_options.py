@@ -20,8 +20,9 @@ SCALES = [None, "normalized"]
 
 
 def _layer(term="pb", kernel="dplr", degree=3, **kw):
-    """A layer whose SSM output is visible: no activation, no mixing, y (B, L, C H)."""
-    args = dict(d_state=6, mix="none", activation="identity", dt_min=0.05, dt_max=0.2)
+    """A layer whose SSM output is visible: no activation, no mixing, y (B, L, C H); the plain
+    term (liquid_gain='none') unless kw says otherwise."""
+    args = dict(d_state=6, mix="none", activation="identity", dt_min=0.05, dt_max=0.2, liquid_gain="none")
     return LiquidS4(H, degree=degree, liquid=term, kernel=kernel, **{**args, **kw})
 
 
@@ -153,11 +154,14 @@ def test_gain_optimizer_hint():
     assert group["lr"] == 3e-4 and group["weight_decay"] == 0.0
 
 
-def test_default_layers_keep_their_state_dict_keys():
+def test_the_plain_term_keeps_the_old_state_dict_keys_and_the_default_adds_only_the_gain():
+    """Checkpoints of plain layers (the default before liquid_gain='zero') keep loading: their
+    keys are those of liquid_gain='none'; the default layer has exactly one more, liquid.gain."""
     for term in TERMS:
-        keys = set(LiquidS4(H, d_state=4, liquid=term).state_dict())
-        assert not any(k.startswith("liquid.gain") for k in keys)
-        assert ("liquid.length" in keys) == (term == "pb")
+        plain = set(LiquidS4(H, d_state=4, liquid=term, liquid_gain="none").state_dict())
+        assert not any(k.startswith("liquid.gain") for k in plain)
+        assert ("liquid.length" in plain) == (term == "pb")
+        assert set(LiquidS4(H, d_state=4, liquid=term).state_dict()) == plain | {"liquid.gain"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,15 +223,23 @@ def test_bidirectional_with_a_gain(f64, term):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(liquid_gain="one"), "unknown liquid_gain 'one'; known: 'zero'"),
+        (dict(liquid_gain="one"), "unknown liquid_gain 'one'; known: 'zero', 'none'"),
         (dict(liquid_scale="window"), "unknown liquid_scale 'window'; known: 'normalized'"),
-        (dict(liquid_gain="zero", liquid_compat="official"), "apply to our causal terms, not liquid_compat"),
-        (dict(liquid_scale="normalized", liquid_compat="official"), "apply to our causal terms"),
+        (dict(liquid_scale="normalized", liquid_compat="official"), "applies to our causal terms"),
     ],
 )
 def test_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         LiquidS4(H, d_state=4, **kw)
+
+
+def test_the_default_is_the_gain_started_at_zero_and_official_ignores_it():
+    layer = LiquidS4(H, d_state=4)
+    assert layer.liquid.gain is not None and torch.equal(layer.liquid.gain, torch.zeros(H))
+    assert LiquidS4(H, d_state=4, liquid_gain=None).liquid.gain is None
+    assert LiquidS4(H, d_state=4, liquid_gain="none").liquid.gain is None
+    official = LiquidS4(H, d_state=4, liquid_compat="official")
+    assert not any("gain" in name for name, _ in official.named_parameters())
 
 
 def test_kb_scale_needs_a_length():

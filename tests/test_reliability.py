@@ -418,3 +418,31 @@ def test_bench_output_is_unbuffered(monkeypatch):
     monkeypatch.setattr(cli.subprocess, "call", lambda command, cwd, env: seen.update(env=env) or 0)
     assert cli.main(["bench", "kernels", "--quick"]) == 0
     assert seen["env"]["PYTHONUNBUFFERED"] == "1"
+
+
+def test_liquid_checkpoints_from_before_the_gain_default_load_and_resume_as_they_were(tmp_path):
+    """A Liquid-S4 run saved when the plain term was the default (no 'liquid_gain' in its config
+    or model arguments, no gain tensor) still loads, evaluates and resumes with the plain term."""
+    import lssl
+    from lssl.train import evaluate
+
+    spec = toy_spec(n_train=32)
+    table = {"name": "old", "out": str(tmp_path), "seed": 3,
+             "model": {"layer": "liquid-s4", "d_model": 8, "n_layers": 1, "d_state": 8,
+                       "layer_args": {"liquid_gain": "none", "l_max": 32}},
+             "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "progress": False}}
+    fit(config.from_dict(table), data=spec)
+    for name in ("last", "best"):  # rewrite both as the older version wrote them
+        path = tmp_path / f"old/checkpoints/{name}.safetensors"
+        tensors, meta = checkpoint.read(path)
+        del meta["model_args"]["layer_args"]["liquid_gain"], meta["config"]["model"]["layer_args"]["liquid_gain"]
+        checkpoint.save(path, tensors, meta)
+    del table["model"]["layer_args"]["liquid_gain"]
+    (tmp_path / "old/config.toml").write_text(config.dumps(config.from_dict(table)))
+    model = lssl.load(str(tmp_path / "old/checkpoints/best.safetensors"))
+    assert model.blocks[0].layer.liquid.gain is None
+    assert evaluate(tmp_path / "old/checkpoints/best.safetensors", data=spec)["n"] == 16
+    table["train"]["epochs"] = 2
+    results = fit(config.load(tmp_path / "old/config.toml", ["train.epochs=2"]), data=spec, resume=True)
+    assert results["epochs"] == 2
+    assert config.load(tmp_path / "old/config.toml").model.layer_args["liquid_gain"] == "none"  # now explicit

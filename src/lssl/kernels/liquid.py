@@ -681,7 +681,7 @@ def bidirectional_conv(w: Tensor, w_reversed: Tensor, K: Tensor) -> Tensor:
     return fftconv(w, forward) + fftconv(w_reversed, backward).flip(-1)
 
 
-GAINS = ("zero",)
+GAINS = ("zero", "none")
 SCALES = ("normalized",)
 
 
@@ -702,8 +702,8 @@ class LiquidTerm(nn.Module):
     Args:
         degree: P. backend: 'torch' or 'numba', how the signals are computed (`window_polynomial`,
             `prefix_polynomial`).
-        gain: None (g = 1), or 'zero': a learnable per-feature gain g (H,) initialised at 0, so
-            the layer starts as its S4 part exactly. g is per feature, not per channel, because
+        gain: None or 'none' (g = 1), or 'zero': a learnable per-feature gain g (H,) initialised
+            at 0, so the layer starts as its S4 part exactly. g is per feature, not per channel, because
             the liquid signal is one per feature (the channels differ only in K and K_0).
         scale: None (f_p = 1), or 'normalized': f_p = 1 / sqrt(n_p), n_p the largest number of
             products in the order-p sum (`order_scales`), so that for zero-mean, unit-variance,
@@ -731,10 +731,11 @@ class LiquidTerm(nn.Module):
         if scale is not None:
             check_choice("liquid_scale", scale, SCALES)
         self.scale = scale
-        if gain is None:
+        if gain is not None:
+            check_choice("liquid_gain", gain, GAINS)
+        if gain in (None, "none"):
             self.register_parameter("gain", None)
         else:
-            check_choice("liquid_gain", gain, GAINS)
             if d_model is None:
                 raise ValueError("a liquid gain needs d_model, its size")
             # No weight decay: decay would pull g back to 0, i.e. towards plain S4, a prior

@@ -112,10 +112,34 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, Tensor], path: str |
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+def tensor_names(path: str | Path) -> list[str]:
+    """The tensor names of a checkpoint, from its header alone (nothing else is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def legacy_layer_args(layer: str, layer_args: dict[str, Any], tensor_names: Any) -> dict[str, Any]:
+    """The layer arguments a checkpoint's model was built with. Before LiquidS4's liquid_gain
+    default became 'zero', a Liquid-S4 model without the option had the plain term: a
+    checkpoint of one (no 'liquid_gain' in its arguments, no gain tensor) gets 'none'."""
+    if (layer != "liquid-s4" or "liquid_gain" in layer_args or layer_args.get("liquid_compat") is not None
+            or any(name.endswith("liquid.gain") for name in tensor_names)):
+        return layer_args
+    return {**layer_args, "liquid_gain": "none"}
+
+
+def model_args_of(meta: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """The `SequenceModel` arguments of a checkpoint (`legacy_layer_args` applied)."""
+    args = meta["model_args"]
+    return {**args, "layer_args": legacy_layer_args(args["layer"], args.get("layer_args") or {}, tensors)}
+
+
 def load_model(path: str | Path) -> SequenceModel:
     """Rebuild the trained `SequenceModel` from a checkpoint alone (in eval mode)."""
     tensors, meta = read(path)
-    model = SequenceModel(**meta["model_args"])
+    model = SequenceModel(**model_args_of(meta, tensors))
     model.to(getattr(torch, meta["config"]["train"]["dtype"]))  # the dtype it was trained in
     load_weights(model, tensors, path)
     return model.eval()

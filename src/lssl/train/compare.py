@@ -44,7 +44,7 @@ from .. import config as cfgmod
 from ..config import Config
 from ..errors import UserError
 from ..layer import LAYERS
-from . import loop, metrics
+from . import checkpoint, loop, metrics
 
 log = logging.getLogger("lssl.compare")
 
@@ -327,7 +327,13 @@ def status(cell: Cell) -> str:
     root = cell.run_dir
     stored = root / "config.toml"
     if stored.is_file():
-        old, new = _flat(cfgmod.to_dict(cfgmod.load(stored))), _flat(cfgmod.to_dict(cell.config))
+        previous = cfgmod.to_dict(cfgmod.load(stored))
+        last = loop.run_paths(cell.config)["last"]
+        if last.is_file():  # a run from before a default changed: its arguments as they were
+            model = previous["model"]
+            model["layer_args"] = checkpoint.legacy_layer_args(model["layer"], model["layer_args"],
+                                                               checkpoint.tensor_names(last))
+        old, new = _flat(previous), _flat(cfgmod.to_dict(cell.config))
         differ = [k for k in new if k not in IGNORED_FIELDS and old.get(k) != new[k]]
         if differ:
             raise UserError(f"{root} holds a run of another config ({', '.join(differ)} differ); remove it or pick "

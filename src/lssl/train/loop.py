@@ -16,6 +16,7 @@ the run directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -261,7 +262,7 @@ def evaluate(
     procs = Processes()
     dev = pick_device(device, procs)
     dtype = DTYPES[cfg.train.dtype]
-    model = build_model(meta["model_args"]).to(device=dev, dtype=dtype)
+    model = build_model(checkpoint.model_args_of(meta, tensors)).to(device=dev, dtype=dtype)
     checkpoint.load_weights(model, tensors, path)
     loader = batches.eval_loader(dataset, spec.collate, batch_size or cfg.train.batch_size, 1, 0, cfg.data.num_workers)
     result = score(model, loader, spec.task, dev, dtype, procs, model_rate, cfg.train.amp, desc=f"eval {split}",
@@ -405,8 +406,9 @@ def save_checkpoint(path: Path, cfg: Config, model_args: dict[str, Any], model: 
 
 
 def changed_settings(saved: dict[str, Any], cfg: Config, path: Path) -> dict[str, list[Any]]:
-    """The train settings of `cfg` that differ from a checkpoint's config `saved`, as {dotted
-    name: [saved, now]}; a UserError if anything but `RESUMABLE` settings differ."""
+    """The train settings of `cfg` that differ from a checkpoint's config `saved` (its layer
+    arguments as `checkpoint.legacy_layer_args` reads them), as {dotted name: [saved, now]}; a
+    UserError if anything but `RESUMABLE` settings differ."""
     now = cfgmod.to_dict(cfg)
     differ = [f"{s}.{k}" for s in ("model", "data") for k in now[s] if saved[s].get(k) != now[s][k]]
     differ += [k for k in ("seed",) if saved.get(k) != now[k]]
@@ -424,6 +426,15 @@ def changed_settings(saved: dict[str, Any], cfg: Config, path: Path) -> dict[str
     return changes
 
 
+def with_legacy_layer_args(cfg: Config, tensors: dict[str, Tensor]) -> Config:
+    """`cfg` with the layer arguments its checkpoint's model was built with
+    (`checkpoint.legacy_layer_args`): a run from before a default changed resumes as it was."""
+    args = checkpoint.legacy_layer_args(cfg.model.layer, cfg.model.layer_args, tensors)
+    if args is cfg.model.layer_args:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layer_args=args))
+
+
 def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             procs: Processes) -> tuple[Progress, dict[str, list[Any]]]:
     """Load a checkpoint written by `save_checkpoint` into the run's objects; refuse one from a
@@ -432,7 +443,9 @@ def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimize
     A step-wise schedule follows the current config from the checkpoint's step on: with more
     (or fewer) epochs, its total length changes, and so does the rate at that step."""
     tensors, meta = checkpoint.read(path)
-    changes = changed_settings(meta["config"], cfg, path)
+    saved = meta["config"]
+    args = checkpoint.legacy_layer_args(saved["model"]["layer"], saved["model"].get("layer_args") or {}, tensors)
+    changes = changed_settings({**saved, "model": {**saved["model"], "layer_args": args}}, cfg, path)
     p = meta["progress"]
     if p["world"] != procs.world:
         raise UserError(f"checkpoint {str(path)!r} was written by {p['world']} process(es); resume it with the same number")
@@ -541,6 +554,8 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
     local_batch = tc.batch_size // procs.world
     paths = run_paths(cfg)
     source, fork = resume_source(paths, resume)
+    if source is not None:
+        cfg = with_legacy_layer_args(cfg, checkpoint.read(source)[0])
     if procs.main:
         clean_temporary_files(paths["root"])
     spec = data if data is not None else load_data(cfg.data)
