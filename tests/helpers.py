@@ -84,3 +84,19 @@ def toy_spec(n_train: int = 48, n_val: int = 16, n_test: int = 16, length: int =
         extra={"test_half": [(x[::2], y) for x, y in test]}, rates={"test_half": 2.0},
         source="generated in tests", real=False, stands_in_for="nothing",
     )
+
+
+def layer_kinds(H: int, N: int, L: int) -> dict:
+    """name -> a factory of every layer kind at width H, state size N (Liquid-S4 with the
+    paper's plain term, its windows set for length L): the set the API, compile and export
+    tests run over."""
+    import lssl
+
+    return {
+        "s4d": lambda: lssl.S4D(H, N),
+        "s4": lambda: lssl.S4(H, N),
+        "lssl": lambda: lssl.LSSL(H, N),
+        "lssl-resolvent": lambda: lssl.LSSL(H, N, kernel="resolvent"),
+        "liquid-pb": lambda: lssl.LiquidS4(H, N, liquid="pb", l_max=L, liquid_gain="none"),
+        "liquid-kb": lambda: lssl.LiquidS4(H, N, liquid="kb", l_max=L, liquid_gain="none"),
+    }

@@ -14,16 +14,11 @@ import torch
 
 import lssl
 
+from .helpers import layer_kinds
+
 H, N, L, B = 8, 8, 32, 2
 
-LAYERS = {
-    "s4d": lambda: lssl.S4D(H, N),
-    "s4": lambda: lssl.S4(H, N),
-    "lssl": lambda: lssl.LSSL(H, N),
-    "lssl-resolvent": lambda: lssl.LSSL(H, N, kernel="resolvent"),
-    "liquid-pb": lambda: lssl.LiquidS4(H, N, liquid="pb", l_max=L, liquid_gain="none"),
-    "liquid-kb": lambda: lssl.LiquidS4(H, N, liquid="kb", l_max=L, liquid_gain="none"),
-}
+LAYERS = layer_kinds(H, N, L)
 
 
 class Step(torch.nn.Module):

@@ -10,18 +10,13 @@ import pytest
 import torch
 
 import lssl
+
+from .helpers import layer_kinds
 from lssl.layer import LiquidState
 
 H, N, L = 8, 8, 32
 
-LAYERS = {
-    "s4d": lambda: lssl.S4D(H, N),
-    "s4": lambda: lssl.S4(H, N),
-    "lssl-krylov": lambda: lssl.LSSL(H, N),
-    "lssl-resolvent": lambda: lssl.LSSL(H, N, kernel="resolvent"),
-    "liquid-pb": lambda: lssl.LiquidS4(H, N, liquid="pb", l_max=L, liquid_gain="none"),
-    "liquid-kb": lambda: lssl.LiquidS4(H, N, liquid="kb", liquid_gain="none"),
-}
+LAYERS = layer_kinds(H, N, L)
 
 
 def plain_state(layer, state):
