@@ -446,3 +446,16 @@ def test_liquid_checkpoints_from_before_the_gain_default_load_and_resume_as_they
     results = fit(config.load(tmp_path / "old/config.toml", ["train.epochs=2"]), data=spec, resume=True)
     assert results["epochs"] == 2
     assert config.load(tmp_path / "old/config.toml").model.layer_args["liquid_gain"] == "none"  # now explicit
+
+
+def test_liquid_windows_follow_the_data_length_not_the_first_batch(tmp_path):
+    """Sequences of 24-32 samples in a data set of length 40: the PB windows are set from 40, the
+    data's length, whatever the first batch's padded length was, and kept in the checkpoint."""
+    spec = toy_spec(n_train=32)
+    spec = type(spec)(**{**spec.__dict__, "length": 40})
+    table = {"name": "win", "out": str(tmp_path), "seed": 3,
+             "model": {"layer": "liquid-s4", "d_model": 8, "n_layers": 1, "d_state": 8},
+             "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "progress": False}}
+    fit(config.from_dict(table), data=spec)
+    tensors, _ = checkpoint.read(tmp_path / "win/checkpoints/last.safetensors")
+    assert int(tensors["model.blocks.0.layer.liquid.length"]) == 40

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from .. import config as cfgmod
 from ..config import Config, DataConfig, ModelConfig
 from ..errors import UserError
+from ..layer import LiquidS4
 from ..model import SequenceModel
 from . import batches, checkpoint, metrics, optim, report
 
@@ -564,6 +565,12 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
     seed_everything(cfg.seed)
     model_args = model_arguments(cfg.model, spec)
     model = build_model(model_args).to(device=device, dtype=dtype)
+    for layer in model.modules():
+        if isinstance(layer, LiquidS4):
+            # PB's default windows (and KB's normalisation) follow the data's length, not the
+            # padded length of whichever batch comes first; kept in the checkpoint, and a resumed
+            # run's stored value replaces this one.
+            layer.liquid.set_length(spec.length)
     seed_everything(cfg.seed + procs.rank)  # per-process stream for dropout
     opt = optim.optimizer(model, tc)
     per_rank = math.ceil(len(spec.train) / procs.world)
