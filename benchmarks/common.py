@@ -44,6 +44,11 @@ def floor_step(H: int, L: int, conv: Callable[[torch.Tensor, torch.Tensor], torc
     return step
 
 
+def table_head(header: list[str]) -> list[str]:
+    """A markdown table's header row and rule for the column names `header`."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
 def write_table(lines: list[str], out: Path | None) -> None:
     """Print a benchmark's table (its lines joined) and, with `out` given, write it there too."""
     table = "\n".join(lines)

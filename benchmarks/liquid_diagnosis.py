@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import write_table
+from common import table_head, write_table
 
 from lssl import LiquidS4
 
@@ -35,10 +35,11 @@ PARAMS = {"Lambda": ("log_neg_re", "lam_im"), "P": ("P",), "B": ("B",), "C": ("C
 
 
 def make_layer(term: str, degree: int, scale: str | None, d_model: int, length: int, seed: int) -> LiquidS4:
-    """LiquidS4 with its pre-activation output visible, (B, L, H) -> (B, L, H) (C = 1)."""
+    """LiquidS4 with its pre-activation output visible, (B, L, H) -> (B, L, H) (C = 1), and the
+    liquid term at full size (liquid_gain='none'; the default gain starts it at 0)."""
     torch.manual_seed(seed)
-    return LiquidS4(d_model, d_state=d_model, degree=degree, liquid=term, liquid_scale=scale, l_max=length,
-                    mix="none", activation="identity")
+    return LiquidS4(d_model, d_state=d_model, degree=degree, liquid=term, liquid_gain="none", liquid_scale=scale,
+                    l_max=length, mix="none", activation="identity")
 
 
 def grad_norms(layer: LiquidS4, x: torch.Tensor, G: torch.Tensor) -> dict[str, float]:
@@ -87,8 +88,7 @@ def main() -> None:
         "std ratio = std(liquid part) / std(S4 part) of the pre-activation output for inputs a N(0, 1); "
         "grad = |grad with the liquid term| / |grad without| at a = 1.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        *table_head(header),
     ]
     for term in ("pb", "kb"):
         for degree in (2, 3):

@@ -26,14 +26,14 @@ import json
 from pathlib import Path
 
 import torch
-from common import write_table
+from common import table_head, write_table
+from liquid_diagnosis import PARAMS
 
 from lssl import LiquidS4
 from lssl import config as cfgmod
 from lssl.layer import SSMLayer
 from lssl.train import batches, checkpoint, loop, metrics
 
-PARAMS = {"Lambda": ("log_neg_re", "lam_im"), "P": ("P",), "B": ("B",), "C": ("C",), "log_dt": ("log_dt",)}
 
 
 def pre_activation(layer: LiquidS4, x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +117,7 @@ def main() -> None:
         "std(liquid part) / std(S4 part) of each LiquidS4 layer's pre-activation output on its own input; "
         "grad = |grad of the loss with the liquid terms| / |without| (degree 1, same weights), all layers.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        *table_head(header),
     ]
     for task in tasks:
         spec = None

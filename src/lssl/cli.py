@@ -106,10 +106,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError:
         raise UserError("lssl export --format onnx needs onnx and onnxscript: pip install 'lssl[onnx]'") from None
-    model = load(args.checkpoint)
-    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
     if args.mode == "forward" and args.length is None:
         raise UserError("--mode forward needs --length L (the sequence length the graph is built for)")
+    model = load(args.checkpoint)
+    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
     path = export(model, out, rate=args.rate, mode=args.mode, length=args.length)
     print(f"onnx: {path}\nstates and shapes: {path.with_suffix('.json')}")
     return 0

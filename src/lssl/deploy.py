@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from .kernels.base import DenseRecurrence, DiagonalRecurrence
-from .kernels.liquid import KernelB, order_coefficients, pointwise_term
-from .layer import LiquidS4, LiquidState, SSMLayer
+from .kernels.liquid import pointwise_term
+from .layer import LiquidRecurrence, LiquidS4, LiquidState, SSMLayer
 from .model import SequenceModel
 
 Tensor = torch.Tensor
@@ -84,16 +84,14 @@ class PairStep(nn.Module):
         return y.permute(1, 2, 0), x.unflatten(-1, (-1, 2))
 
 
-def ssm_step(layer: SSMLayer, rate: float) -> nn.Module:
-    """The frozen real step of a layer's discrete system at step dt * rate."""
-    with torch.no_grad():
-        rec = layer._build_recurrence(rate)
-    ssm = rec.ssm if isinstance(layer, LiquidS4) else rec
+def ssm_step(rec: Any) -> nn.Module:
+    """The frozen real step of a layer's discrete system (its `_build_recurrence`)."""
+    ssm = rec.ssm if isinstance(rec, LiquidRecurrence) else rec
     if isinstance(ssm, DiagonalRecurrence):
         return PairStep(ssm)
     if isinstance(ssm, DenseRecurrence):
         return DenseStep(ssm)
-    raise ValueError(f"no streaming step for {type(layer).__name__}'s recurrence {type(ssm).__name__}")
+    raise ValueError(f"no streaming step for the recurrence {type(ssm).__name__}")
 
 
 class LayerStep(nn.Module):
@@ -104,30 +102,24 @@ class LayerStep(nn.Module):
         super().__init__()
         if layer.bidirectional:
             raise ValueError("a bidirectional layer has no recurrent view to export")
-        self.ssm = ssm_step(layer, rate)
+        if isinstance(layer, LiquidS4):
+            layer._check_causal()
+        with torch.no_grad():
+            rec = layer._build_recurrence(rate)
+        self.ssm = ssm_step(rec)
         self.D = nn.Parameter(layer.D.detach().clone(), requires_grad=False)
         self.activation, self.mix = layer.activation, layer.mix
         self.liquid = None
-        if isinstance(layer, LiquidS4):
-            layer._check_causal()
-            with torch.no_grad():
-                rec = layer._build_recurrence(rate)
-            if layer.degree > 1:
-                self.liquid = layer.liquid
-                self.register_buffer("s", rec.s.detach().clone())  # (H,)
-                self.register_buffer("K0", rec.K0.detach().clone())  # (1, C, H)
-                if isinstance(layer.liquid, KernelB):
-                    with torch.no_grad():  # a_p of KB's orders p = 2..P (P-1, H), float64
-                        a = order_coefficients(rec.s.double(), layer.degree, layer.liquid.weights(rec.s))
-                    self.register_buffer("a", a.detach().double().clone())
+        if isinstance(layer, LiquidS4) and layer.degree > 1:
+            self.liquid = layer.liquid
+            self.register_buffer("s", rec.s.detach().clone())  # (H,)
+            self.register_buffer("K0", rec.K0.detach().clone())  # (1, C, H)
 
     def forward(self, x: Tensor, state: Tensor, memory: Tensor | None = None) -> tuple[Tensor, ...]:
         """x (B, H) -> y (B, H), the new SSM state (and the new memory for Liquid-S4)."""
         u = x
         z = None
-        if isinstance(self.liquid, KernelB):
-            u, memory = self.kb_step(x, memory)
-        elif self.liquid is not None:
+        if self.liquid is not None:
             w, z, memory = self.liquid.signals(x[..., None], self.s, memory)  # (B, H, 1) each
             u = w[..., 0]
         y, state = self.ssm(u, state)  # (B, C, H)
@@ -136,17 +128,6 @@ class LayerStep(nn.Module):
         y = self.mix(self.activation((y + self.D * x[:, None]).flatten(-2)))
         return (y, state) if self.liquid is None else (y, state, memory.to(x.dtype))
 
-
-    def kb_step(self, x: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """KB's one-sample signal in float64, without the prefix machinery of `kb_signal` (whose
-        loop over row blocks would fix the batch size of a traced graph): with the past's
-        e_0 = 1, e_1 .. e_{P-1} (the memory), w = x (1 + sum_p a_p e_{p-1}) and e_m <- e_m + x e_{m-1}.
-        x (B, H), memory (B, H, P-1) -> w (B, H), new memory."""
-        u = x.double()
-        past = [torch.ones_like(u), *memory.double().unbind(-1)]
-        gain = 1 + sum(self.a[p - 2] * past[p - 1] for p in range(2, len(past) + 1))
-        new = [past[m] + u * past[m - 1] for m in range(1, len(past))]
-        return (u * gain).to(x.dtype), torch.stack(new, -1)
 
 
 def real_state(layer: SSMLayer, state: Any) -> list[Tensor]:
@@ -324,18 +305,19 @@ def export(model: SequenceModel, path: str | Path, rate: float = 1.0, opset: int
         program = torch.onnx.export(stream, (x, *states), dynamo=True, input_names=names_in, output_names=names_out,
                                     dynamic_shapes=dynamic, opset_version=opset, verbose=False)
     program.save(str(path))
-    tensors = [x, *states]
     sidecar = {
         "format": "lssl-onnx-step", "rate": rate,
-        "inputs": [{"name": n, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
-                   for n, t in zip(names_in, tensors)],
-        "outputs": [{"name": "y", "shape": ["B", *y.shape[1:]], "dtype": str(y.dtype).removeprefix("torch.")}]
-        + [{"name": n, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
-           for n, t in zip(names_out[1:], states)],
+        "inputs": [entry(n, t) for n, t in zip(names_in, [x, *states])],
+        "outputs": [entry(n, t) for n, t in zip(names_out, [y, *states])],
         "states": "every state input starts at zeros and is replaced by its '.next' output after each step",
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return path
+
+
+def entry(name: str, t: Tensor) -> dict[str, Any]:
+    """A sidecar's description of one input or output: its name, shape (batch 'B') and dtype."""
+    return {"name": name, "shape": ["B", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
 
 
 def export_forward(model: SequenceModel, path: Path, rate: float, opset: int, length: int | None) -> Path:
@@ -354,8 +336,7 @@ def export_forward(model: SequenceModel, path: Path, rate: float, opset: int, le
     program.save(str(path))
     sidecar = {
         "format": "lssl-onnx-forward", "rate": rate, "length": length,
-        "inputs": [{"name": "x", "shape": ["B", *x.shape[1:]], "dtype": str(x.dtype).removeprefix("torch.")}],
-        "outputs": [{"name": "y", "shape": ["B", *y.shape[1:]], "dtype": str(y.dtype).removeprefix("torch.")}],
+        "inputs": [entry("x", x)], "outputs": [entry("y", y)],
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return path

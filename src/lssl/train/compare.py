@@ -326,9 +326,9 @@ def status(cell: Cell) -> str:
     holding a run of another config is a UserError naming the fields that differ."""
     root = cell.run_dir
     stored = root / "config.toml"
+    last = loop.run_paths(cell.config)["last"]
     if stored.is_file():
         previous = cfgmod.to_dict(cfgmod.load(stored))
-        last = loop.run_paths(cell.config)["last"]
         if last.is_file():  # a run from before a default changed: its arguments as they were
             model = previous["model"]
             model["layer_args"] = checkpoint.legacy_layer_args(model["layer"], model["layer_args"],
@@ -340,7 +340,7 @@ def status(cell: Cell) -> str:
                             f"another --out")
     if (root / "results.json").is_file():
         return "done"
-    if loop.run_paths(cell.config)["last"].is_file():
+    if last.is_file():
         return "partial"
     return "new"
 

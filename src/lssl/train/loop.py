@@ -436,17 +436,18 @@ def with_legacy_layer_args(cfg: Config, tensors: dict[str, Tensor]) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layer_args=args))
 
 
-def restore(path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            procs: Processes) -> tuple[Progress, dict[str, list[Any]]]:
-    """Load a checkpoint written by `save_checkpoint` into the run's objects; refuse one from a
+def restore(path: Path, saved: tuple[dict[str, Tensor], dict[str, Any]], cfg: Config, model: nn.Module,
+            opt: torch.optim.Optimizer, sched: Any, procs: Processes) -> tuple[Progress, dict[str, list[Any]]]:
+    """Load a checkpoint written by `save_checkpoint` (`saved`: its tensors and meta, as
+    `checkpoint.read(path)` returns them) into the run's objects; refuse one from a
     different model, data set, seed or number of processes, or with changed train settings
     outside `RESUMABLE`. Returns the progress and the changed settings ({name: [saved, now]}).
     A step-wise schedule follows the current config from the checkpoint's step on: with more
     (or fewer) epochs, its total length changes, and so does the rate at that step."""
-    tensors, meta = checkpoint.read(path)
-    saved = meta["config"]
-    args = checkpoint.legacy_layer_args(saved["model"]["layer"], saved["model"].get("layer_args") or {}, tensors)
-    changes = changed_settings({**saved, "model": {**saved["model"], "layer_args": args}}, cfg, path)
+    tensors, meta = saved
+    old = meta["config"]
+    args = checkpoint.legacy_layer_args(old["model"]["layer"], old["model"].get("layer_args") or {}, tensors)
+    changes = changed_settings({**old, "model": {**old["model"], "layer_args": args}}, cfg, path)
     p = meta["progress"]
     if p["world"] != procs.world:
         raise UserError(f"checkpoint {str(path)!r} was written by {p['world']} process(es); resume it with the same number")
@@ -507,25 +508,25 @@ def run_training(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
         return train_locked(cfg, procs, data, resume, requested)
 
 
-def resume_source(paths: dict[str, Path], resume: bool | str | Path) -> tuple[Path | None, bool]:
-    """The checkpoint to resume from (None for a new run) and whether it is a fork: a checkpoint
-    of another run directory, continued in this one. Refuses, before anything is written, a new
-    run or a fork into a directory that holds a run, and a fork whose source lacks the best
-    checkpoint that the run's results come from."""
+def resume_source(paths: dict[str, Path], resume: bool | str | Path) -> tuple[Path | None, bool, Any]:
+    """The checkpoint to resume from (None for a new run), whether it is a fork (a checkpoint of
+    another run directory, continued in this one), and its contents (`checkpoint.read`, read
+    once here; None for a new run). Refuses, before anything is written, a new run or a fork
+    into a directory that holds a run, and a fork whose source lacks the best checkpoint that
+    the run's results come from."""
     if not resume:
         if paths["last"].exists():
             raise UserError(f"{paths['root']} already holds a run; continue it with --resume or pick another --name")
-        return None, False
+        return None, False, None
     source = paths["last"] if resume is True else Path(resume)
     fork = source.resolve().parent != paths["last"].parent.resolve()
-    if fork:
-        if paths["last"].exists():
-            raise UserError(f"{paths['root']} already holds a run; fork {str(source)!r} into a new --name")
-        _, meta = checkpoint.read(source)
-        best = source.parent / "best.safetensors"
-        if meta["progress"]["best_epoch"] > 0 and not best.is_file():
-            raise UserError(f"cannot fork {str(source)!r}: its run's best checkpoint {str(best)!r} is missing")
-    return source, fork
+    if fork and paths["last"].exists():
+        raise UserError(f"{paths['root']} already holds a run; fork {str(source)!r} into a new --name")
+    saved = checkpoint.read(source)
+    best = source.parent / "best.safetensors"
+    if fork and saved[1]["progress"]["best_epoch"] > 0 and not best.is_file():
+        raise UserError(f"cannot fork {str(source)!r}: its run's best checkpoint {str(best)!r} is missing")
+    return source, fork, saved
 
 
 def clean_temporary_files(root: Path) -> None:
@@ -554,9 +555,9 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
         raise UserError(f"train.batch_size={tc.batch_size} must be divisible by the {procs.world} processes")
     local_batch = tc.batch_size // procs.world
     paths = run_paths(cfg)
-    source, fork = resume_source(paths, resume)
-    if source is not None:
-        cfg = with_legacy_layer_args(cfg, checkpoint.read(source)[0])
+    source, fork, saved = resume_source(paths, resume)
+    if saved is not None:
+        cfg = with_legacy_layer_args(cfg, saved[0])
     if procs.main:
         clean_temporary_files(paths["root"])
     spec = data if data is not None else load_data(cfg.data)
@@ -579,7 +580,8 @@ def train_locked(cfg: Config, procs: Processes, data: Any, resume: bool | str | 
     record_every = max(1, steps_per_epoch // 20)  # per-step losses kept for the learning curve
     prog, changes = Progress(), {}
     if source is not None:
-        prog, changes = restore(source, cfg, model, opt, sched, procs)
+        prog, changes = restore(source, saved, cfg, model, opt, sched, procs)
+        del saved  # the checkpoint's tensors are in the model and optimizer now
         shown = "".join(f", {k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
         log.info("%s %s at epoch %d, batch %d (step %d)%s", "forked from" if fork else "resumed from", source,
                  prog.epoch + 1, prog.batch, prog.step, shown)
